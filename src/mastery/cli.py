@@ -1,0 +1,268 @@
+"""The ``mastery`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mastery.core.errors import MasteryError
+
+log = logging.getLogger("mastery")
+RESULTS_DIR = Path("docs/results")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+# -- labs ----------------------------------------------------------------------------------
+def cmd_labs_list(args: argparse.Namespace) -> int:
+    from mastery.core.lessons import LESSONS
+
+    if args.json:
+        _out(json.dumps([{"id": l.id, "title": l.title, "module": l.module, "module_name": l.module_name,
+                          "status": l.status} for l in LESSONS], indent=2))
+        return 0
+    current = None
+    for lesson in LESSONS:
+        if lesson.module != current:
+            current = lesson.module
+            _out(f"\n{lesson.module_name}")
+        mark = "*" if lesson.implemented else " "
+        _out(f"  {mark} {lesson.id}  {lesson.status:<11}  {lesson.title}")
+    done = sum(lesson.implemented for lesson in LESSONS)
+    _out(f"\n{done}/{len(LESSONS)} labs implemented (* = implemented)")
+    return 0
+
+
+def _progress(lab_id: str, args: argparse.Namespace):
+    from mastery.core.progress import BarProgress, FanoutProgress, NullProgress
+
+    base = NullProgress() if args.quiet else BarProgress(lab_id)
+    if not getattr(args, "track", False):
+        return base
+    from mastery.ops.tracking import MlflowProgress
+
+    return FanoutProgress(base, MlflowProgress(experiment=f"mastery-{lab_id}", tracking_uri=args.tracking_uri))
+
+
+def cmd_labs_run(args: argparse.Namespace) -> int:
+    from mastery.core.index import write_results_index
+    from mastery.core.labs import load_lab, run_directory, run_lab, runs_root
+
+    lab = load_lab(args.lab)
+    config = lab.config(args.preset, args.set or [])
+    progress = _progress(lab.lesson.id, args)
+    report = run_lab(lab, config, args.preset, progress)
+    out_dir = report.write(run_directory(runs_root(args.out), lab.lesson.id))
+    if args.publish:
+        report.publish(RESULTS_DIR)
+        write_results_index(RESULTS_DIR)
+    ok = sum(c.passed for c in report.checks)
+    _out(f"{lab.lesson.id} [{args.preset}] {report.wall_time_s:.1f}s on {report.device}: "
+         f"checks {ok}/{len(report.checks)} passed")
+    for key, value in report.metrics.items():
+        _out(f"  {key} = {value:.6g}")
+    for key, value in report.timings.items():
+        _out(f"  {key} = {value:.6g} (timing)")
+    for check in report.checks:
+        if not check.passed:
+            _out(f"  FAILED check {check.name}: expected {check.expectation}, got {check.value}")
+    _out(f"report: {out_dir / 'report.md'}")
+    return 0 if report.passed else 1
+
+
+def cmd_labs_show(args: argparse.Namespace) -> int:
+    from mastery.core.labs import latest_report_dir, runs_root
+    from mastery.core.lessons import get_lesson
+
+    lesson = get_lesson(args.lab)
+    run_dir = latest_report_dir(runs_root(args.out), lesson.id)
+    if run_dir is not None:
+        _out((run_dir / "report.md").read_text())
+        return 0
+    recorded = RESULTS_DIR / f"{lesson.id}.md"
+    if recorded.is_file():
+        _out(recorded.read_text())
+        return 0
+    raise MasteryError(f"no report for {lesson.id} yet; run 'mastery labs run {lesson.id}' first")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mastery.core.index import write_runs_index
+    from mastery.core.labs import load_lab, run_directory, run_lab, runs_root
+    from mastery.core.lessons import LESSONS
+
+    root = runs_root(args.out)
+    failed = []
+    for lesson in LESSONS:
+        if not lesson.implemented:
+            continue
+        lab = load_lab(lesson.id)
+        report = run_lab(lab, lab.config("tiny"), "tiny", _progress(lesson.id, args))
+        report.write(run_directory(root, lesson.id))
+        ok = sum(c.passed for c in report.checks)
+        _out(f"{lesson.id} tiny: {report.wall_time_s:.1f}s, checks {ok}/{len(report.checks)}")
+        if not report.passed:
+            failed.append(lesson.id)
+    index = write_runs_index(root)
+    _out(f"index: {index}")
+    if failed:
+        _out(f"labs with failed checks: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+# -- assets --------------------------------------------------------------------------------
+def cmd_assets_list(args: argparse.Namespace) -> int:
+    from mastery.assets.catalog import assets_of_kind
+    from mastery.assets.store import asset_status
+
+    for asset in assets_of_kind(args.kind):
+        size = f"{asset.size / 2**20:8.1f} MiB" if asset.size else "           -"
+        _out(f"{asset.name:<36} {asset_status(asset):<9} {size}  {asset.description}")
+    return 0
+
+
+def cmd_assets_info(args: argparse.Namespace) -> int:
+    from mastery.assets.catalog import get_asset
+    from mastery.assets.store import asset_status, locate
+
+    asset = get_asset(args.name)
+    found = locate(asset) if asset.kind != "generated" else None
+    fields = {
+        "name": asset.name, "kind": asset.kind, "description": asset.description, "license": asset.license,
+        "source": ", ".join(asset.urls), "file": asset.filename or "-", "sha256": asset.sha256 or "-",
+        "size": asset.size, "status": asset_status(asset), "path": str(found.path) if found else "-",
+    }
+    if asset.pypi_parts:
+        fields["offline source"] = "PyPI: " + ", ".join(asset.pypi_parts)
+    if asset.caveat:
+        fields["caveat"] = asset.caveat
+    if asset.citation:
+        fields["cite"] = asset.citation
+    for key, value in fields.items():
+        _out(f"{key:>15}: {value}")
+    return 0
+
+
+def _check_kind(name: str, kind: str) -> None:
+    from mastery.assets.catalog import get_asset
+
+    asset = get_asset(name)
+    wanted = {"data": ("data", "generated"), "model": ("model",)}[kind]
+    if asset.kind not in wanted:
+        other = "models" if asset.kind == "model" else "data"
+        raise MasteryError(f"{name} is not a {kind} asset; use 'mastery {other} ...'")
+
+
+def cmd_assets_pull(args: argparse.Namespace) -> int:
+    from mastery.assets.store import pull
+
+    _check_kind(args.name, args.kind)
+    loc = pull(args.name, show_progress=not args.quiet)
+    _out(f"{args.name}: {loc.where} {loc.path}")
+    return 0
+
+
+def cmd_assets_verify(args: argparse.Namespace) -> int:
+    from mastery.assets.catalog import assets_of_kind
+    from mastery.assets.store import verify
+
+    if args.name:
+        _check_kind(args.name, args.kind)
+        names = [args.name]
+    else:
+        names = [a.name for a in assets_of_kind(args.kind) if a.kind != "generated"]
+    bad = 0
+    for name in names:
+        try:
+            loc = verify(name)
+            _out(f"ok       {name} ({loc.where} {loc.path})")
+        except MasteryError as exc:
+            if not args.name and "not available locally" in str(exc):
+                _out(f"missing  {name}")
+                continue
+            bad += 1
+            _out(f"FAILED   {name}: {exc}")
+    return 2 if bad else 0
+
+
+def _add_asset_commands(sub: argparse._SubParsersAction, kind: str, help_text: str) -> None:
+    parser = sub.add_parser(kind if kind == "data" else "models", help=help_text)
+    parser.set_defaults(kind=kind)
+    inner = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    inner.add_parser("list", help=f"list registered {kind} assets and where each is").set_defaults(
+        func=cmd_assets_list)
+    p = inner.add_parser("info", help="show an asset's source, license, checksum and location")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_assets_info)
+    p = inner.add_parser("pull", help="make an asset available locally (mirror, cache or fetch)")
+    p.add_argument("name")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_assets_pull)
+    p = inner.add_parser("verify", help="re-hash assets and compare with the registry")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_assets_verify)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mastery", description="The AI/ML Mastery Roadmap as runnable labs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    labs = sub.add_parser("labs", help="list, run and show labs")
+    lsub = labs.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = lsub.add_parser("list", help="all 44 lessons with their status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_labs_list)
+    p = lsub.add_parser("run", help="run a lab preset and write its report")
+    p.add_argument("lab", help="lab id, e.g. l05")
+    p.add_argument("--preset", default="tiny", help="tiny (seconds) or full (the recorded result)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--out", default="runs", help="runs folder (default: runs)")
+    p.add_argument("--publish", action="store_true", help="also record the report in docs/results/")
+    p.add_argument("--track", action="store_true", help="log params, metrics and artifacts to MLflow")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_labs_run)
+    p = lsub.add_parser("show", help="print the latest report of a lab")
+    p.add_argument("lab")
+    p.add_argument("--out", default="runs")
+    p.set_defaults(func=cmd_labs_show)
+
+    p = sub.add_parser("demo", help="run every implemented lab's tiny preset and write runs/index.md")
+    p.add_argument("--out", default="runs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    _add_asset_commands(sub, "data", "datasets: list, info, pull, verify")
+    _add_asset_commands(sub, "model", "models: list, info, pull, verify")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except MasteryError as exc:
+        sys.stderr.write(f"mastery: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("mastery: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Framework pieces every lab and app share: errors, config overrides, reports, progress, seeding."""

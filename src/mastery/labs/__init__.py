@@ -1,0 +1,1 @@
+"""One thin driver per lesson: configure, run, report."""
