@@ -1,0 +1,1 @@
+"""Neural-network parts: NumPy layers written from scratch and PyTorch training utilities."""
