@@ -50,9 +50,11 @@ def _progress(lab_id: str, args: argparse.Namespace):
     base = NullProgress() if args.quiet else BarProgress(lab_id)
     if not getattr(args, "track", False):
         return base
-    from mastery.ops.tracking import MlflowProgress
+    from mastery.ops.tracking import MlflowProgress, tracking_uri_for
 
-    return FanoutProgress(base, MlflowProgress(experiment=f"mastery-{lab_id}", tracking_uri=args.tracking_uri))
+    uri = args.tracking_uri or tracking_uri_for(Path(args.out))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return FanoutProgress(base, MlflowProgress(experiment=f"mastery-{lab_id}", tracking_uri=uri))
 
 
 def cmd_labs_run(args: argparse.Namespace) -> int:
@@ -231,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="runs folder (default: runs)")
     p.add_argument("--publish", action="store_true", help="also record the report in docs/results/")
     p.add_argument("--track", action="store_true", help="log params, metrics and artifacts to MLflow")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_labs_run)
     p = lsub.add_parser("show", help="print the latest report of a lab")

@@ -67,13 +67,17 @@ def run_lab(lab: Lab, config: Any, preset: str, progress: Progress | None = None
     start = time.perf_counter()
     try:
         report: Report = lab.module.run(config, progress)
+        report.preset = preset
+        report.config = config_to_dict(config)
+        report.wall_time_s = round(time.perf_counter() - start, 3)
+        report.versions = library_versions()
+        report.created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        progress.finish(report)
+    except BaseException as exc:
+        progress.fail(exc)
+        raise
     finally:
         progress.close()
-    report.preset = preset
-    report.config = config_to_dict(config)
-    report.wall_time_s = round(time.perf_counter() - start, 3)
-    report.versions = library_versions()
-    report.created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return report
 
 

@@ -35,6 +35,12 @@ class Progress:
     def message(self, text: str) -> None:
         log.info(text)
 
+    def finish(self, report: Any) -> None:
+        """The run succeeded with this Report (a tracker logs its metrics)."""
+
+    def fail(self, error: BaseException) -> None:
+        """The run raised ``error`` (a tracker marks the run failed)."""
+
     def close(self) -> None:
         """End the current stage display."""
 
@@ -108,6 +114,14 @@ class FanoutProgress(Progress):
     def message(self, text: str) -> None:
         for t in self.targets:
             t.message(text)
+
+    def finish(self, report: Any) -> None:
+        for t in self.targets:
+            t.finish(report)
+
+    def fail(self, error: BaseException) -> None:
+        for t in self.targets:
+            t.fail(error)
 
     def close(self) -> None:
         for t in self.targets:

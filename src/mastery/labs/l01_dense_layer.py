@@ -74,12 +74,13 @@ def run(config: Config, progress: Progress) -> Report:
     activated = relu(y)
     report.check("relu", bool(np.all(activated == np.where(y > 0, y, 0.0))), "ReLU(y) = max(0, y) elementwise")
     report.metric("output_mean", float(activated.mean()))
+    w_bad = w[:-1]  # one input row short: X (N, D) no longer aligns with W (D-1, H)
     try:
-        dense_forward(x, w.T, b)
+        dense_forward(x, w_bad, b)
         shape_error = ""
     except ValueError as exc:
         shape_error = str(exc)
-    report.check("shape_error_names_shapes", str(x.shape) in shape_error and str(w.T.shape) in shape_error,
+    report.check("shape_error_names_shapes", str(x.shape) in shape_error and str(w_bad.shape) in shape_error,
                  "a wrong shape raises an error naming both shapes", shape_error)
 
     sizes = np.unique(np.logspace(0, np.log10(config.max_batch), config.n_sizes).round().astype(int))

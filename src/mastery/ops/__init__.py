@@ -1,0 +1,1 @@
+"""Operations: experiment tracking, and later serving, containers and data versioning."""

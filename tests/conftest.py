@@ -1,0 +1,51 @@
+"""Shared test set-up: the datasets mirror, a private cache, and no network beyond loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_DEFAULT_MIRROR = REPO.parent / "shared" / "data"
+
+if not os.environ.get("MASTERY_DATA_DIR") and _DEFAULT_MIRROR.is_dir():
+    os.environ["MASTERY_DATA_DIR"] = str(_DEFAULT_MIRROR)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+_real_connect = socket.socket.connect
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _guarded_connect(self: socket.socket, address):  # type: ignore[no-untyped-def]
+    if self.family == getattr(socket, "AF_UNIX", None):
+        return _real_connect(self, address)
+    host = str(address[0]) if isinstance(address, tuple) else str(address)
+    if not host.startswith(_LOOPBACK):
+        raise NetworkBlocked(f"test tried to reach {address}; tests must not use the network")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Verification stamps and fetched files go to a per-session folder, never the user's cache.
+    monkeypatch.setenv("MASTERY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def have_mirror() -> bool:
+    return bool(os.environ.get("MASTERY_DATA_DIR")) and Path(os.environ["MASTERY_DATA_DIR"]).is_dir()
+
+
+needs_mirror = pytest.mark.skipif(not have_mirror(), reason="needs MASTERY_DATA_DIR with the shared datasets")

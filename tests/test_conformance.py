@@ -1,0 +1,51 @@
+"""Every implemented lab's tiny preset: a passing Report that survives JSON and is reproducible."""
+
+import json
+
+import pytest
+
+from mastery.core.labs import load_lab, run_lab
+from mastery.core.lessons import LESSONS
+from mastery.core.report import Report
+from tests.conftest import needs_mirror
+
+IMPLEMENTED = [lesson.id for lesson in LESSONS if lesson.implemented]
+
+# Metric names the issues promise for each lab (timings for measured speed-ups).
+REQUIRED_METRICS = {
+    "l02": {"logreg_f1", "tree_f1", "logreg_roc_auc"},
+    "l03": {"linear_rmse_log", "xgb_rmse_log"},
+    "l04": {"test_accuracy"},
+    "l05": {"test_accuracy"},
+    "l06": {"final_loss_sgd", "final_loss_sgd_momentum", "final_loss_adam"},
+    "l07": {"baseline_val_accuracy", "regularized_val_accuracy"},
+}
+REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}}
+
+
+def test_module_1_is_implemented():
+    assert {f"l{i:02d}" for i in range(1, 9)} <= set(IMPLEMENTED)
+
+
+@needs_mirror
+@pytest.mark.parametrize("lab_id", IMPLEMENTED)
+def test_tiny_preset_conforms(lab_id, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything a lab writes relative to the cwd lands here
+    lab = load_lab(lab_id)
+    config = lab.config("tiny")
+    first = run_lab(lab, config, "tiny")
+    assert isinstance(first, Report) and first.lab == lab_id and first.preset == "tiny"
+    failed = [f"{c.name}: expected {c.expectation}, got {c.value}" for c in first.checks if not c.passed]
+    assert not failed, failed
+    assert first.checks, "a lab must check something"
+    assert first.metrics or first.timings
+    assert REQUIRED_METRICS.get(lab_id, set()) <= set(first.metrics)
+    assert REQUIRED_TIMINGS.get(lab_id, set()) <= set(first.timings)
+    assert first.figures and all(first.figure_bytes(f).startswith(b"\x89PNG") for f in first.figures)
+    assert first.device and first.versions["python"]
+
+    back = Report.from_json(first.to_json())
+    assert json.loads(back.to_json()) == json.loads(first.to_json())
+
+    second = run_lab(lab, config, "tiny")
+    assert second.metrics == first.metrics, "same seed must give the same metrics"
