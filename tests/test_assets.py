@@ -2,6 +2,7 @@ import hashlib
 import io
 import urllib.request
 import zipfile
+from typing import ClassVar
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_download_goes_to_cache_verified(isolated):
 
 
 def test_mirror_wins_over_cache(isolated):
-    asset, src = _asset(isolated, b"abc")
+    asset, _src = _asset(isolated, b"abc")
     (isolated / "mirror" / "toy.bin").write_bytes(b"abc")
     (isolated / "cache").mkdir()
     (isolated / "cache" / "toy.bin").write_bytes(b"abc")
@@ -75,7 +76,7 @@ def test_interrupted_download_never_passes_as_complete(isolated, monkeypatch):
     asset, _ = _asset(isolated, b"x" * 5000)
 
     class Dropping(io.BytesIO):
-        headers: dict = {}
+        headers: ClassVar[dict] = {}
 
         def read(self, n=-1):
             chunk = super().read(1000)

@@ -37,7 +37,7 @@ def test_labs_list_shows_all_44(capsys):
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
-    code, out, err = run_cli(capsys, *argv, *(["--out", str(tmp_path)] if argv[:2] == ["labs", "run"] else []))
+    code, _out, err = run_cli(capsys, *argv, *(["--out", str(tmp_path)] if argv[:2] == ["labs", "run"] else []))
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err

@@ -29,8 +29,9 @@ def cmd_labs_list(args: argparse.Namespace) -> int:
     from mastery.core.lessons import LESSONS
 
     if args.json:
-        _out(json.dumps([{"id": l.id, "title": l.title, "module": l.module, "module_name": l.module_name,
-                          "status": l.status} for l in LESSONS], indent=2))
+        rows = [{"id": lesson.id, "title": lesson.title, "module": lesson.module,
+                 "module_name": lesson.module_name, "status": lesson.status} for lesson in LESSONS]
+        _out(json.dumps(rows, indent=2))
         return 0
     current = None
     for lesson in LESSONS:

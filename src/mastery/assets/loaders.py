@@ -46,8 +46,8 @@ def load_cifar10() -> dict[str, Any]:
     Returns ``x_train``, ``y_train``, ``x_test``, ``y_test``, ``class_names`` and ``source``
     ("official" or "jpeg-q75"); the JPEG copy's train split is a 37,500-image subsample.
     """
-    from mastery.assets.store import locate
     from mastery.assets.catalog import get_asset
+    from mastery.assets.store import locate
 
     official = get_asset("cifar10-official")
     if locate(official) is not None:
@@ -64,7 +64,7 @@ def _load_cifar10_official(path: Path) -> dict[str, Any]:
     # The official batches are pickles written by the dataset authors; the archive's sha256 was
     # verified against the registry before we get here, so this is not user-supplied input.
     def batch(tf: tarfile.TarFile, member: str) -> dict[bytes, Any]:
-        return pickle.load(tf.extractfile(member), encoding="bytes")  # noqa: S301
+        return pickle.load(tf.extractfile(member), encoding="bytes")
 
     with tarfile.open(path) as tf:
         train = [batch(tf, f"cifar-10-batches-py/data_batch_{i}") for i in range(1, 6)]

@@ -94,7 +94,7 @@ def run(config: Config, progress: Progress) -> Report:
             if name == "python loops" and n > config.loop_max_batch:
                 t = float("nan")
             else:
-                t = _best_time(lambda fn=fn: fn(xb, w, b), 1 if name == "python loops" else config.repeats)
+                t = _best_time(lambda fn=fn, xb=xb: fn(xb, w, b), 1 if name == "python loops" else config.repeats)
             times[name].append(t)
             row[f"{name} (ms)"] = t * 1e3
         rows.append(row)
