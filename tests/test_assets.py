@@ -2,9 +2,9 @@ import hashlib
 import io
 import urllib.request
 import zipfile
-from typing import ClassVar
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
