@@ -13,7 +13,7 @@ from mastery.assets.catalog import ASSETS, Asset, get_asset
 from mastery.core.errors import AssetError, ChecksumMismatch
 from tests.conftest import needs_mirror
 
-SHARED = [a for a in ASSETS.values() if a.kind == "data" and not a.optional]
+SHARED = [a for a in ASSETS.values() if a.kind == "data" and not a.optional and not a.pypi_parts]
 
 
 def _asset(tmp_path: Path, payload: bytes, **kw) -> tuple[Asset, Path]:

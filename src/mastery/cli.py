@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -12,6 +14,8 @@ from mastery.core.errors import MasteryError
 
 log = logging.getLogger("mastery")
 RESULTS_DIR = Path("docs/results")
+DOMAIN_COMMANDS = ("mastery.vision.cli", "mastery.text.cli", "mastery.llm.cli", "mastery.retrieval.cli",
+                   "mastery.agents.cli", "mastery.serving.cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -217,6 +221,13 @@ def _add_asset_commands(sub: argparse._SubParsersAction, kind: str, help_text: s
     p.set_defaults(func=cmd_assets_verify)
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is not there (yet)
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mastery", description="The AI/ML Mastery Roadmap as runnable labs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -249,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_asset_commands(sub, "data", "datasets: list, info, pull, verify")
     _add_asset_commands(sub, "model", "models: list, info, pull, verify")
+    # Domain packages add their own command groups (e.g. `mastery vision detect`) by exposing
+    # register(subparsers, parser_class) in <package>.cli.
+    for name in DOMAIN_COMMANDS:
+        if _module_exists(name):
+            importlib.import_module(name).register(sub, _Parser)
     return parser
 
 
