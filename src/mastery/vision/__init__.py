@@ -1,0 +1,1 @@
+"""Computer-vision parts: convolution from scratch, CNNs, transfer learning, detection, segmentation."""
