@@ -15,6 +15,9 @@ if not os.environ.get("MASTERY_DATA_DIR") and _DEFAULT_MIRROR.is_dir():
     os.environ["MASTERY_DATA_DIR"] = str(_DEFAULT_MIRROR)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# OpenMP worker threads that spin while idle make BLAS/XGBoost fits 10-100x slower when pytest
+# shares the cores with anything else; passive waiting gives the same results without the spin.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _real_connect = socket.socket.connect
 _LOOPBACK = ("127.", "::1", "localhost")
