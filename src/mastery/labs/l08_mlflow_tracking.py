@@ -134,7 +134,7 @@ def run(config: Config, progress: Progress) -> Report:
     report.figure("mlflow_curves", fig)
     report.table("Artifacts in the MLflow run", [{"artifact": a} for a in artifacts])
     report.note(
-        f"Tracking store: `{uri}` (SQLite backend; the file store is deprecated), experiment "
+        f"Tracking store: `sqlite:///{folder}/mlflow.db` (SQLite backend; the file store is deprecated), experiment "
         f"`{config.experiment}`. Open it with `mlflow ui --backend-store-uri sqlite:///{folder}/mlflow.db` "
         "and browse http://127.0.0.1:5000. Any lab can be tracked the same way with "
         "`mastery labs run <lab> --track`."
