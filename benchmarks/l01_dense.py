@@ -10,20 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import numpy as np
 
+from mastery.core.runtime import best_of
 from mastery.nn.dense import dense_forward_broadcast, dense_forward_dot, dense_forward_loops
-
-
-def best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import os
 import platform
 import random
 import sys
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -68,3 +70,13 @@ def set_torch_threads() -> None:
     threads = os.environ.get("MASTERY_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` wall-clock timings of ``fn()``, in seconds (least noisy estimate)."""
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best

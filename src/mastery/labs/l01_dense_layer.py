@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import numpy as np
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
+from mastery.core.runtime import best_of
 from mastery.nn.dense import dense_forward, dense_forward_broadcast, dense_forward_dot, dense_forward_loops, relu
 
 
@@ -41,15 +41,6 @@ METHODS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] =
     "numpy broadcasting": dense_forward_broadcast,
     "np.dot": dense_forward_dot,
 }
-
-
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run(config: Config, progress: Progress) -> Report:
@@ -94,7 +85,7 @@ def run(config: Config, progress: Progress) -> Report:
             if name == "python loops" and n > config.loop_max_batch:
                 t = float("nan")
             else:
-                t = _best_time(lambda fn=fn, xb=xb: fn(xb, w, b), 1 if name == "python loops" else config.repeats)
+                t = best_of(lambda fn=fn, xb=xb: fn(xb, w, b), 1 if name == "python loops" else config.repeats)
             times[name].append(t)
             row[f"{name} (ms)"] = t * 1e3
         rows.append(row)
