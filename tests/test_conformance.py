@@ -19,6 +19,10 @@ REQUIRED_METRICS = {
     "l05": {"test_accuracy"},
     "l06": {"final_loss_sgd", "final_loss_sgd_momentum", "final_loss_adam"},
     "l07": {"baseline_val_accuracy", "regularized_val_accuracy"},
+    "l09": {"test_accuracy"},
+    "l10": {"fewshot_pretrained_accuracy", "fewshot_scratch_accuracy", "screens_test_accuracy", "screens_f1"},
+    "l11": {"map50", "map50_95"},
+    "l12": {"dice", "iou", "dsb_map"},
 }
 REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}}
 
