@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 
@@ -46,7 +45,6 @@ def run(config: Config, progress: Progress) -> Report:
     import torch
 
     from mastery.assets.loaders import load_mnist
-    from mastery.core.runtime import device_description, set_torch_threads
     from mastery.nn.data import (
         MNIST_MEAN,
         MNIST_STD,
@@ -64,13 +62,10 @@ def run(config: Config, progress: Progress) -> Report:
         fit,
         hardware_info,
         predict,
-        select_device,
+        start_torch_report,
     )
 
-    set_torch_threads()
-    report = new_report("l05", config)
-    device = select_device(config.device)
-    report.device = device_description(str(device))
+    report, device = start_torch_report("l05", config)
     report.table("Hardware check", hardware_info(device))
     used_cuda = device.type == "cuda"
     if config.device == "auto":

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 
@@ -63,17 +62,13 @@ def run(config: Config, progress: Progress) -> Report:
     from matplotlib.ticker import MaxNLocator
 
     from mastery.assets.loaders import load_mnist
-    from mastery.core.runtime import device_description, set_torch_threads
     from mastery.nn.data import MNIST_MEAN, MNIST_STD, ImageArrayDataset, make_loader, subsample
     from mastery.nn.models import MLP
     from mastery.nn.plots import ema
-    from mastery.nn.train import History, build_optimizer, evaluate, fit, select_device
+    from mastery.nn.train import History, build_optimizer, evaluate, fit, start_torch_report
 
-    set_torch_threads()
-    report = new_report("l06", config)
-    device = select_device(config.device)
+    report, device = start_torch_report("l06", config)
     dev = str(device)
-    report.device = device_description(dev)
 
     data = load_mnist()
     x_train, y_train = subsample(data["x_train"], data["y_train"], config.train_size, config.seed)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 
@@ -64,17 +63,20 @@ def _run(config: Config, progress: Progress, checkpoint_dir: Path) -> Report:
     import torch
 
     from mastery.assets.loaders import load_cifar10
-    from mastery.core.runtime import device_description, set_torch_threads
     from mastery.nn.data import ImageArrayDataset, channel_stats, make_loader, split_indices, subsample
     from mastery.nn.models import MLP, count_parameters
     from mastery.nn.plots import training_curves
-    from mastery.nn.train import History, build_optimizer, evaluate, fit, load_checkpoint, select_device
+    from mastery.nn.train import (
+        History,
+        build_optimizer,
+        evaluate,
+        fit,
+        load_checkpoint,
+        start_torch_report,
+    )
 
-    set_torch_threads()
-    report = new_report("l07", config)
-    device = select_device(config.device)
+    report, device = start_torch_report("l07", config)
     dev = str(device)
-    report.device = device_description(dev)
 
     # Data: uint8 (N, 32, 32, 3) -> float32 (B, 3, 32, 32), normalised with the train split's channel stats.
     data = load_cifar10()

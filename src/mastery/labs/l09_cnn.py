@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 
@@ -133,20 +132,16 @@ def run(config: Config, progress: Progress) -> Report:
     import torch
 
     from mastery.assets.loaders import load_cifar10
-    from mastery.core.runtime import device_description, set_torch_threads
     from mastery.nn.data import ImageArrayDataset, channel_stats, make_loader, subsample
     from mastery.nn.models import count_parameters
     from mastery.nn.plots import confusion_matrix_figure, training_curves
-    from mastery.nn.train import confusion_matrix, save_checkpoint, select_device
+    from mastery.nn.train import confusion_matrix, save_checkpoint, start_torch_report
     from mastery.vision.cnn import CifarCNN, TrainSetup, evaluate_logits, train_classifier
     from mastery.vision.conv import conv2d_im2col
     from mastery.vision.conv_plots import feature_map_grid, filter_grid
 
-    set_torch_threads()
-    report = new_report("l09", config)
-    device = select_device(config.device)
+    report, device = start_torch_report("l09", config)
     dev = str(device)
-    report.device = device_description(dev)
     _scratch_checks(config, report)
 
     # Data: uint8 (N, 32, 32, 3) -> float32 (B, 3, 32, 32), normalised with the training images' channel stats.

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 
@@ -85,19 +84,15 @@ def _score(model: object, samples: list[tuple[np.ndarray, np.ndarray]], config: 
 def run(config: Config, progress: Progress) -> Report:
     import torch
 
-    from mastery.core.runtime import device_description, set_torch_threads
     from mastery.nn.models import count_parameters
-    from mastery.nn.train import select_device
+    from mastery.nn.train import start_torch_report
     from mastery.vision.nuclei import generate_nuclei, load_dsb_sample, load_stage1_train, tile_split
     from mastery.vision.seg_metrics import dsb_map, instances_from_mask, interior_target
     from mastery.vision.seg_plots import loss_figure, overlay_figure, tile_map_figure
     from mastery.vision.seg_train import PatchSampler, SegSetup, train_unet
     from mastery.vision.unet import UNet
 
-    set_torch_threads()
-    report = new_report("l12", config)
-    device = select_device(config.device)
-    report.device = device_description(str(device))
+    report, device = start_torch_report("l12", config)
 
     image, instances = load_dsb_sample()  # (512, 512) float32 [0, 1], int32 labels
     split = tile_split(image, instances, config.tile)

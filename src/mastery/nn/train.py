@@ -20,8 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mastery.core.labs import new_report
 from mastery.core.progress import NullProgress, Progress
-from mastery.core.runtime import torch_device
+from mastery.core.report import Report
+from mastery.core.runtime import device_description, set_torch_threads, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,16 @@ def select_device(prefer: str = "auto") -> torch.device:
 
         raise ConfigError(f"device must be auto, cpu or cuda, got {prefer!r}")
     return torch.device(torch_device(prefer))
+
+
+def start_torch_report(lab_id: str, config: Any) -> tuple[Report, torch.device]:
+    """Begin a PyTorch lab's Report: apply MASTERY_THREADS, pick the device from ``config.device``
+    ('auto' = CUDA when available) and record which device ran in the report."""
+    set_torch_threads()
+    report = new_report(lab_id, config)
+    device = select_device(getattr(config, "device", "auto"))
+    report.device = device_description(str(device))
+    return report, device
 
 
 def hardware_info(device: torch.device) -> list[dict[str, Any]]:
