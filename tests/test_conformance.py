@@ -21,7 +21,7 @@ REQUIRED_METRICS = {
     "l07": {"baseline_val_accuracy", "regularized_val_accuracy"},
     "l09": {"test_accuracy"},
     "l10": {"fewshot_pretrained_accuracy", "fewshot_scratch_accuracy", "screens_test_accuracy", "screens_f1"},
-    "l11": {"map50", "map50_95"},
+    "l11": {"map50", "map50_95", "my_map50", "my_map50_95"},
     "l12": {"dice", "iou", "dsb_map"},
 }
 REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}}

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-_TRACKED = ("numpy", "pandas", "scikit-learn", "xgboost", "shap", "torch", "torchvision", "mlflow")
+_TRACKED = ("numpy", "pandas", "scikit-learn", "xgboost", "shap", "torch", "torchvision", "mlflow", "ultralytics",
+            "torchmetrics")
 
 
 def seed_everything(seed: int) -> np.random.Generator:
