@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,ml,torch,ops,vision
+EXTRAS ?= dev,ml,torch,ops,vision,nlp
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install demo test test-slow lint bench lock clean

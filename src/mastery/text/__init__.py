@@ -1,0 +1,1 @@
+"""Text parts: tokenizers, embeddings, sequence models, transformers and BERT-style training."""
