@@ -23,6 +23,7 @@ REQUIRED_METRICS = {
     "l10": {"fewshot_pretrained_accuracy", "fewshot_scratch_accuracy", "screens_test_accuracy", "screens_f1"},
     "l11": {"map50", "map50_95", "my_map50", "my_map50_95"},
     "l12": {"dice", "iou", "dsb_map"},
+    "l14": {"val_loss", "gru_val_loss", "rnn_grad_ratio_t0", "lstm_grad_ratio_t0", "repeat_rate_t0.5"},
 }
 REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}}
 
