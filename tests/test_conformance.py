@@ -23,6 +23,8 @@ REQUIRED_METRICS = {
     "l10": {"fewshot_pretrained_accuracy", "fewshot_scratch_accuracy", "screens_test_accuracy", "screens_f1"},
     "l11": {"map50", "map50_95", "my_map50", "my_map50_95"},
     "l12": {"dice", "iou", "dsb_map"},
+    "l13": {"bpe_vocab_overlap", "bpe_tokens_per_char", "hf_tokens_per_char", "embed_f1", "tfidf_f1"},
+    "l15": {"exact_match", "exact_match_longer", "mha_max_abs_diff_vs_torch"},
     "l14": {"val_loss", "gru_val_loss", "rnn_grad_ratio_t0", "lstm_grad_ratio_t0", "repeat_rate_t0.5"},
 }
 REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}}
