@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 
@@ -83,9 +82,8 @@ def run(config: Config, progress: Progress) -> Report:
     import torch
 
     from mastery.assets.loaders import load_cifar10
-    from mastery.core.runtime import device_description, set_torch_threads
     from mastery.nn.plots import confusion_matrix_figure, image_grid
-    from mastery.nn.train import confusion_matrix, select_device
+    from mastery.nn.train import confusion_matrix, start_torch_report
     from mastery.vision import backbones as bb
     from mastery.vision import screens
     from mastery.vision.transfer import (
@@ -100,10 +98,7 @@ def run(config: Config, progress: Progress) -> Report:
         two_stage_curves,
     )
 
-    set_torch_threads()
-    report = new_report("l10", config)
-    device = select_device(config.device)
-    report.device = device_description(str(device))
+    report, device = start_torch_report("l10", config)
     tail = config.tail_blocks or None
     schedule = Schedule(head_epochs=config.head_epochs, head_lr=config.head_lr,
                         finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr,

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 
@@ -110,16 +109,14 @@ def run(config: Config, progress: Progress) -> Report:
 def _run(config: Config, progress: Progress, run_dir: Path) -> Report:
     import time
 
-    from mastery.core.runtime import device_description, set_torch_threads, torch_device
+    from mastery.nn.train import start_torch_report
     from mastery.vision.annotations import load_yolo_split, validate_yolo_dataset
     from mastery.vision.boxes import ImageDetections, mean_average_precision, reference_map
     from mastery.vision.hardhat import CLASS_NAMES, make_scenes, write_hardhat_dataset
     from mastery.vision.yolo import load_detector, predict, train_yolo
 
-    set_torch_threads()
-    report = new_report("l11", config)
-    dev = torch_device(config.device)
-    report.device = device_description(dev)
+    report, device = start_torch_report("l11", config)
+    dev = str(device)  # ultralytics takes the device as a string
     rng = np.random.default_rng(config.seed)
 
     # 1. IoU, NMS and mAP from scratch against torchvision and pycocotools.
