@@ -13,6 +13,12 @@ _DEFAULT_MIRROR = REPO.parent / "shared" / "data"
 
 if not os.environ.get("MASTERY_DATA_DIR") and _DEFAULT_MIRROR.is_dir():
     os.environ["MASTERY_DATA_DIR"] = str(_DEFAULT_MIRROR)
+# Tests write to a private cache (below), but models already pulled into the user's cache (the
+# GGUF LLM, which `.ci/run` pulls first) are read from there as one more read-only mirror.
+_USER_CACHE = Path(os.environ.get("MASTERY_CACHE", "~/.cache/mastery")).expanduser()
+if _USER_CACHE.is_dir():
+    os.environ["MASTERY_DATA_DIR"] = os.pathsep.join(
+        p for p in (os.environ.get("MASTERY_DATA_DIR", ""), str(_USER_CACHE)) if p)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # OpenMP worker threads that spin while idle make BLAS/XGBoost fits 10-100x slower when pytest
