@@ -25,6 +25,7 @@ REQUIRED_METRICS = {
     "l12": {"dice", "iou", "dsb_map"},
     "l13": {"bpe_vocab_overlap", "bpe_tokens_per_char", "hf_tokens_per_char", "embed_f1", "tfidf_f1"},
     "l15": {"exact_match", "exact_match_longer", "mha_max_abs_diff_vs_torch"},
+    "l16": {"mlm_masked_accuracy", "mlm_unigram_baseline", "f1", "n_train", "max_length"},
     "l14": {"val_loss", "gru_val_loss", "rnn_grad_ratio_t0", "lstm_grad_ratio_t0", "repeat_rate_t0.5"},
 }
 REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}}

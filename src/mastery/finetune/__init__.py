@@ -1,0 +1,1 @@
+"""Fine-tuning pretrained models: sequence classification with the Hugging Face Trainer (L16)."""
