@@ -8,12 +8,11 @@ from mastery.text.mlm import (
     IGNORE,
     MLMError,
     MLMSpec,
+    PieceVocabulary,
     mask_tokens,
     pack_sequences,
-    spec_for_tokenizer,
     text_blocks,
     train_mlm,
-    train_wordpiece,
 )
 
 SPEC = MLMSpec(vocab_size=50, pad_id=0, mask_id=4, special_ids=(0, 1, 2, 3, 4), max_len=64, hidden=32, layers=1,
@@ -68,17 +67,26 @@ def test_mlm_spec_checks_ids_and_heads():
         MLMSpec(vocab_size=10, pad_id=0, mask_id=1, hidden=30, heads=4).validate()
 
 
-def test_wordpiece_front_end():
+def test_piece_vocabulary_front_end():
+    from transformers import AutoTokenizer
+
+    from mastery.assets.store import resolve
+
+    bert = AutoTokenizer.from_pretrained(str(resolve("all-minilm-l6-v2")), local_files_only=True)
     texts = ["A wonderful film, truly wonderful!", "A dreadful film; dreadful acting."] * 20
-    tok = train_wordpiece(texts, vocab_size=120)
-    spec = spec_for_tokenizer(tok, max_len=8)
-    assert spec.mask_id == tok.token_to_id("[MASK]") and spec.pad_id == 0
-    blocks = text_blocks(tok, texts, block_len=8)
-    assert blocks and all(len(b) <= 8 and b[0] == tok.token_to_id("[CLS]") and b[-1] == tok.token_to_id("[SEP]")
-                          for b in blocks)
+    vocab = PieceVocabulary(bert, texts, size=12)
+    assert vocab.vocab_size == 12 and vocab.pieces[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert vocab.pieces[5:8] == ["a", "film", "wonderful"]  # most frequent first, ties by BERT id
+    again = PieceVocabulary(bert, texts, size=12)
+    assert again.pieces == vocab.pieces, "deterministic"
+    spec = vocab.spec(max_len=8)
+    assert spec.mask_id == vocab.token_to_id("[MASK]") and spec.pad_id == 0
+    blocks = text_blocks(vocab, texts, block_len=8)
+    assert blocks and all(len(b) <= 8 and b[0] == 2 and b[-1] == 3 and max(b) < 12 for b in blocks)
+    assert 1 in vocab.encode(["zebra"])[0], "out-of-vocabulary pieces become [UNK]"
     for bad in (["", "   "], [b"\xff\xfe bytes"]):
         with pytest.raises(MLMError):
-            train_wordpiece(bad)
+            PieceVocabulary(bert, bad)
 
 
 def test_head_tail_truncation():

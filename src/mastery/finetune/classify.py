@@ -43,6 +43,10 @@ class FineTuneSettings:
     warmup_fraction: float = 0.1
     bf16: bool = True  # autocast in bfloat16 (CPU with AVX-512 BF16, or a CUDA GPU that supports it)
     group_by_length: bool = True  # batches of similar length: less padding, same result in expectation
+    # "mean": a linear head on the mean of the token vectors (how sentence-transformers models such as
+    # all-MiniLM-L6-v2 were trained, so fine-tuning starts from a useful representation); "cls": the
+    # standard BERT head on the [CLS] pooler (what DistilBERT/BERT checkpoints expect).
+    pooling: str = "mean"
     logging_steps: int = 20
     seed: int = 0
 
@@ -127,17 +131,46 @@ def _progress_callback(progress: Progress) -> Any:
     return ToProgress()
 
 
-def load_classifier(model_dir: str | Path, num_labels: int) -> tuple[Any, Any]:
+def mean_pool_classifier(encoder: Any, num_labels: int, dropout: float = 0.1) -> Any:
+    """encoder -> masked mean of its last hidden states (B, H) -> dropout -> linear (B, K)."""
+    import torch
+    from torch import nn
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class MeanPoolClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.dropout = nn.Dropout(dropout)
+            self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                    **_: Any) -> SequenceClassifierOutput:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1): padding contributes nothing
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, H)
+            logits = self.head(self.dropout(pooled))  # (B, K)
+            loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    return MeanPoolClassifier()
+
+
+def load_classifier(model_dir: str | Path, num_labels: int, pooling: str = "mean") -> tuple[Any, Any]:
     """(tokenizer, model) from a local Hugging Face folder; never downloads."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise FineTuneError(f"{path} is not a Hugging Face model folder (no config.json)")
+    if pooling not in ("mean", "cls"):
+        raise FineTuneError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels,
-                                                               local_files_only=True)
-    return tokenizer, model
+    if pooling == "cls":
+        return tokenizer, AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels,
+                                                                             local_files_only=True)
+    encoder = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+    return tokenizer, mean_pool_classifier(encoder, num_labels)
 
 
 def finetune_classifier(model_dir: str | Path, train_texts: Sequence[str], train_labels: Sequence[int],
@@ -161,7 +194,7 @@ def finetune_classifier(model_dir: str | Path, train_texts: Sequence[str], train
     if settings.max_length < 8 or not 0 <= settings.head_tokens <= settings.max_length - 2:
         raise FineTuneError("max_length must be >= 8 and head_tokens within [0, max_length - 2]")
 
-    tokenizer, model = load_classifier(model_dir, num_labels=len(labels))
+    tokenizer, model = load_classifier(model_dir, num_labels=len(labels), pooling=settings.pooling)
     n_params = sum(p.numel() for p in model.parameters())
     train_features, truncated = encode_texts(tokenizer, train_texts, settings.max_length, settings.head_tokens)
     eval_features, _ = encode_texts(tokenizer, eval_texts, settings.max_length, settings.head_tokens)
@@ -193,9 +226,15 @@ def finetune_classifier(model_dir: str | Path, train_texts: Sequence[str], train
 
         progress.stage("evaluate", None)
         start = time.perf_counter()
-        output = trainer.predict(_Features(eval_features))
+        # With "group_by_length", Trainer also length-groups the *eval* sampler, in a random order, and
+        # predict() then returns predictions that no longer line up with the inputs. Predict sequentially
+        # over the texts sorted by length (as little padding) and put the rows back in input order.
+        trainer.args.train_sampling_strategy = "sequential"
+        order = np.argsort([len(f["input_ids"]) for f in eval_features], kind="stable")
+        output = trainer.predict(_Features([eval_features[i] for i in order]))
         eval_seconds = time.perf_counter() - start
-        logits = np.asarray(output.predictions, dtype=np.float64)  # (N, K)
+        logits = np.empty_like(np.asarray(output.predictions, dtype=np.float64))  # (N, K)
+        logits[order] = np.asarray(output.predictions, dtype=np.float64)
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         predictions = probabilities.argmax(axis=1)

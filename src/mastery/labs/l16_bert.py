@@ -17,11 +17,11 @@ CLOZE = ("this movie was [MASK] .", "the acting was [MASK] and the plot was bori
 @dataclass(frozen=True)
 class Config:
     # Masked-language-model pretraining of a small BERT from scratch on IMDb review text
-    mlm_train_reviews: int = 12_000  # from the train split (labels unused)
+    mlm_train_reviews: int = 6_000  # from the train split (labels unused)
     mlm_eval_reviews: int = 1_000  # from the test split: held-out masked-token accuracy
     wordpiece_vocab: int = 8_000
     mlm_block_len: int = 128
-    mlm_max_blocks: int = 24_000
+    mlm_max_blocks: int = 10_000
     mlm_hidden: int = 256
     mlm_layers: int = 4
     mlm_heads: int = 4
@@ -36,7 +36,8 @@ class Config:
     head_tokens: int = 64
     epochs: float = 2.0
     batch_size: int = 16
-    lr: float = 8e-5
+    lr: float = 1e-4
+    pooling: str = "mean"  # "mean" suits sentence-transformers encoders such as MiniLM; "cls" for DistilBERT/BERT
     bf16: bool = True
     device: str = "auto"
     min_f1: float = 0.88
@@ -59,6 +60,8 @@ class Config:
             raise ConfigError("head_tokens must lie in [0, max_length - 2]")
         if self.epochs <= 0 or self.lr <= 0 or self.mlm_lr <= 0:
             raise ConfigError("epochs and learning rates must be > 0")
+        if self.pooling not in ("mean", "cls"):
+            raise ConfigError(f"pooling must be mean or cls, got {self.pooling!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -101,22 +104,26 @@ def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: 
 
     from mastery.text.mlm import (
         MLMError,
+        PieceVocabulary,
         build_bert,
         evaluate_mlm,
         pack_sequences,
-        spec_for_tokenizer,
         text_blocks,
         train_mlm,
-        train_wordpiece,
         unigram_baseline_accuracy,
     )
 
-    progress.stage("WordPiece tokenizer", None)
+    progress.stage("WordPiece vocabulary", None)
     train_text = _stratified(imdb[imdb.split == "train"], config.mlm_train_reviews, config.seed).text.tolist()
     eval_text = _stratified(imdb[imdb.split == "test"], config.mlm_eval_reviews, config.seed + 1).text.tolist()
-    tokenizer = train_wordpiece(train_text, config.wordpiece_vocab)
-    spec = spec_for_tokenizer(tokenizer, max_len=config.mlm_block_len, hidden=config.mlm_hidden,
-                              layers=config.mlm_layers, heads=config.mlm_heads, intermediate=4 * config.mlm_hidden)
+    from transformers import AutoTokenizer
+
+    from mastery.assets.store import resolve
+
+    bert_tokenizer = AutoTokenizer.from_pretrained(str(resolve("all-minilm-l6-v2")), local_files_only=True)
+    tokenizer = PieceVocabulary(bert_tokenizer, train_text, config.wordpiece_vocab)
+    spec = tokenizer.spec(max_len=config.mlm_block_len, hidden=config.mlm_hidden, layers=config.mlm_layers,
+                          heads=config.mlm_heads, intermediate=4 * config.mlm_hidden)
     train_blocks = text_blocks(tokenizer, train_text, config.mlm_block_len, config.mlm_max_blocks)
     eval_blocks = text_blocks(tokenizer, eval_text, config.mlm_block_len, max(64, config.mlm_max_blocks // 10))
 
@@ -129,6 +136,7 @@ def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: 
     untrained_accuracy, _ = evaluate_mlm(build_bert(spec).to(device), eval_ids, eval_att, spec, device)
     accuracy = result.eval_accuracy[-1]
     report.metric("mlm_vocab_size", spec.vocab_size)
+    report.metric("mlm_vocab_coverage", round(tokenizer.coverage, 6))
     report.metric("mlm_train_blocks", len(train_blocks))
     report.metric("mlm_eval_blocks", len(eval_blocks))
     report.metric("mlm_params", result.n_params)
@@ -152,7 +160,7 @@ def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: 
         except MLMError as exc:
             errors.append(str(exc))
     try:
-        train_wordpiece(["", "  "])
+        PieceVocabulary(bert_tokenizer, ["", "  "])
         errors.append("no error")
     except MLMError as exc:
         errors.append(str(exc))
@@ -162,7 +170,7 @@ def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: 
     rows = []
     model = result.model.eval()
     for sentence in CLOZE:
-        left, right = (tokenizer.encode(part, add_special_tokens=False).ids for part in sentence.split("[MASK]"))
+        left, right = tokenizer.encode(sentence.split("[MASK]"))
         cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
         ids, start = [cls_id, *left, spec.mask_id, *right, sep_id], 1 + len(left)
         with torch.no_grad():
@@ -183,8 +191,10 @@ def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: 
     report.note(
         f"MLM: a {config.mlm_layers}-layer BERT (hidden {config.mlm_hidden}, {config.mlm_heads} heads, "
         f"{result.n_params / 1e6:.1f}M parameters) built from a config with random weights and pretrained from "
-        f"scratch on {len(train_blocks):,} blocks of {config.mlm_block_len} WordPiece tokens ({spec.vocab_size:,}-word "
-        f"vocabulary trained on the same {len(train_text):,} IMDb training reviews), {config.mlm_epochs} epochs, "
+        f"scratch on {len(train_blocks):,} blocks of {config.mlm_block_len} WordPiece tokens from "
+        f"{len(train_text):,} IMDb training reviews (BERT's uncased WordPiece segmentation, vocabulary cut to the "
+        f"{spec.vocab_size:,} most frequent pieces: {tokenizer.coverage:.1%} of the corpus, the rest [UNK]), "
+        f"{config.mlm_epochs} epochs, "
         "15% of tokens chosen per block and re-drawn every epoch (80% [MASK], 10% random, 10% unchanged). "
         f"Held-out masked-token accuracy on {len(eval_blocks):,} blocks of test-split reviews: {accuracy:.3f}, "
         f"against {baseline:.3f} for always guessing the most frequent token and "
@@ -222,7 +232,8 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
     train = _stratified(imdb[imdb.split == "train"], config.n_train, config.seed)
     test = _stratified(imdb[imdb.split == "test"], config.n_test, config.seed)
     settings = FineTuneSettings(max_length=config.max_length, head_tokens=config.head_tokens, epochs=config.epochs,
-                                batch_size=config.batch_size, lr=config.lr, bf16=config.bf16, seed=config.seed)
+                                batch_size=config.batch_size, lr=config.lr, bf16=config.bf16, pooling=config.pooling,
+                                seed=config.seed)
     result = finetune_classifier(model_dir, train.text.tolist(), train.label.tolist(), test.text.tolist(),
                                  test.label.tolist(), settings, device=device, progress=progress)
     report.metric("n_train", len(train))
@@ -271,8 +282,11 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
         "epochs": config.epochs, "F1": round(result.f1, 4), "accuracy": round(result.accuracy, 4),
         "train min": round(result.train_seconds / 60, 1), "device": result.device,
     }])
+    head = ("a linear head on the mean of its token vectors (how sentence-transformers trained it; the unused "
+            "[CLS] pooler of this checkpoint made learning stall at the start)" if config.pooling == "mean"
+            else "the standard BERT head on the [CLS] pooler")
     report.note(
-        f"Fine-tuning: {source} ({result.n_params / 1e6:.1f}M parameters) with a fresh 2-way head, trained end to "
+        f"Fine-tuning: {source} ({result.n_params / 1e6:.1f}M parameters) with {head}, trained end to "
         f"end by the Hugging Face Trainer on {len(train):,} stratified IMDb training reviews for {config.epochs:g} "
         f"epochs (AdamW, lr {config.lr:g}, linear decay with 10% warm-up, batch {config.batch_size}, "
         f"{'bf16 autocast, ' if config.bf16 else ''}length-grouped batches), tested on {len(test):,} test reviews. "

@@ -217,38 +217,71 @@ def train_mlm(train_sequences: Sequence[Sequence[int]], eval_sequences: Sequence
     return result
 
 
-# -- a text front end: WordPiece on a corpus, then fixed-length blocks ------------------------------
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# -- a text front end: a pretrained WordPiece vocabulary cut to the corpus's most frequent pieces ---
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # compact ids 0-4
 
 
-def train_wordpiece(texts: Sequence[str], vocab_size: int = 8000) -> Any:
-    """A lower-casing BERT-style WordPiece tokenizer trained on ``texts`` (a ``tokenizers.Tokenizer``
-    whose ids 0-4 are [PAD] [UNK] [CLS] [SEP] [MASK])."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+class PieceVocabulary:
+    """BERT's WordPiece segmentation (any Hugging Face tokenizer) with a compact id space: the
+    ``size - 5`` most frequent pieces of ``texts`` (ties broken by the tokenizer's id, so the result is
+    deterministic), everything else [UNK]. A small vocabulary keeps the MLM output layer cheap.
 
-    if any(not isinstance(t, str) for t in texts):
-        raise MLMError("texts must be str (decode bytes as UTF-8 first)")
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise MLMError("no text to train a tokenizer on (every text is empty)")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                        show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    return tok
+    (Training a WordPiece vocabulary with ``tokenizers`` was tried first: its trainer breaks ties
+    between equally frequent merges differently on every run, so results were not reproducible.)"""
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], size: int = 8000) -> None:
+        if any(not isinstance(t, str) for t in texts):
+            raise MLMError("texts must be str (decode bytes as UTF-8 first)")
+        texts = [t for t in texts if t.strip()]
+        if not texts:
+            raise MLMError("no text to build a vocabulary from (every text is empty)")
+        if size <= len(SPECIAL_TOKENS):
+            raise MLMError(f"vocabulary size must be > {len(SPECIAL_TOKENS)}")
+        self.tokenizer = tokenizer
+        counts = np.bincount(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in self._pieces(texts)]),
+                             minlength=len(tokenizer))
+        specials = [i for i in tokenizer.all_special_ids if i is not None and i < len(counts)]
+        counts[specials] = 0
+        ranked = np.lexsort((np.arange(len(counts)), -counts))  # most frequent first, then lower id
+        kept = [int(i) for i in ranked[: size - len(SPECIAL_TOKENS)] if counts[i] > 0]
+        self.pieces = list(SPECIAL_TOKENS) + tokenizer.convert_ids_to_tokens(kept)
+        self._to_compact = np.full(len(tokenizer), SPECIAL_TOKENS.index("[UNK]"), dtype=np.int64)
+        self._to_compact[kept] = np.arange(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + len(kept))
+        covered = counts[kept].sum() / max(counts.sum(), 1)
+        self.coverage = float(covered)  # share of corpus pieces that are in the vocabulary (not [UNK])
+
+    def _pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def token_to_id(self, token: str) -> int:
+        return self.pieces.index(token)
+
+    def id_to_token(self, i: int) -> str:
+        return self.pieces[i]
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Compact ids per text, without special tokens."""
+        return [self._to_compact[np.asarray(ids, dtype=np.int64)].tolist() if ids else []
+                for ids in self._pieces(texts)]
+
+    def spec(self, **sizes: Any) -> MLMSpec:
+        """An MLMSpec over this vocabulary."""
+        return MLMSpec(vocab_size=self.vocab_size, pad_id=0, mask_id=SPECIAL_TOKENS.index("[MASK]"),
+                       special_ids=tuple(range(len(SPECIAL_TOKENS))), **sizes)
 
 
-def text_blocks(tokenizer: Any, texts: Sequence[str], block_len: int, max_blocks: int | None = None) -> list[list[int]]:
-    """[CLS] + up to block_len-2 word pieces + [SEP] per block; each text is cut into consecutive blocks
-    (the tail shorter than a quarter block is dropped). Stops after ``max_blocks``."""
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+def text_blocks(vocab: PieceVocabulary, texts: Sequence[str], block_len: int,
+                max_blocks: int | None = None) -> list[list[int]]:
+    """[CLS] + up to block_len-2 pieces + [SEP] per block; each text is cut into consecutive blocks
+    (a tail shorter than a quarter block is dropped). Stops after ``max_blocks``."""
+    cls_id, sep_id = vocab.token_to_id("[CLS]"), vocab.token_to_id("[SEP]")
     body = block_len - 2
     blocks: list[list[int]] = []
-    for encoding in tokenizer.encode_batch([t for t in texts if t and t.strip()], add_special_tokens=False):
-        ids = encoding.ids
+    for ids in vocab.encode([t for t in texts if t and t.strip()]):
         for start in range(0, len(ids), body):
             piece = ids[start:start + body]
             if len(piece) >= max(4, body // 4):
@@ -256,10 +289,3 @@ def text_blocks(tokenizer: Any, texts: Sequence[str], block_len: int, max_blocks
             if max_blocks is not None and len(blocks) >= max_blocks:
                 return blocks
     return blocks
-
-
-def spec_for_tokenizer(tokenizer: Any, **sizes: Any) -> MLMSpec:
-    """An MLMSpec whose token space is this WordPiece tokenizer's."""
-    ids = {name: tokenizer.token_to_id(name) for name in SPECIAL_TOKENS}
-    return MLMSpec(vocab_size=tokenizer.get_vocab_size(), pad_id=ids["[PAD]"], mask_id=ids["[MASK]"],
-                   special_ids=tuple(ids.values()), **sizes)
