@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag
+EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag,serve
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install demo test test-slow lint bench lock clean
