@@ -54,7 +54,9 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 
 def have_mirror() -> bool:
-    return bool(os.environ.get("MASTERY_DATA_DIR")) and Path(os.environ["MASTERY_DATA_DIR"]).is_dir()
+    """The shared datasets are reachable: one of the MASTERY_DATA_DIR folders holds the IMDb file."""
+    folders = [Path(p) for p in os.environ.get("MASTERY_DATA_DIR", "").split(os.pathsep) if p]
+    return any((folder / "imdb_aclimdb.csv.gz").is_file() for folder in folders)
 
 
 needs_mirror = pytest.mark.skipif(not have_mirror(), reason="needs MASTERY_DATA_DIR with the shared datasets")

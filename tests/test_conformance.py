@@ -26,9 +26,11 @@ REQUIRED_METRICS = {
     "l13": {"bpe_vocab_overlap", "bpe_tokens_per_char", "hf_tokens_per_char", "embed_f1", "tfidf_f1"},
     "l15": {"exact_match", "exact_match_longer", "mha_max_abs_diff_vs_torch"},
     "l16": {"mlm_masked_accuracy", "mlm_unigram_baseline", "f1", "n_train", "max_length"},
+    "l17": {"ivf_recall_at_10", "faiss_ivf_recall_at_10", "random_ivf_recall_at_10", "random_faiss_ivf_recall_at_10",
+            "exact_agreement_with_faiss_flat", "ivf_full_probe_recall_at_10", "embed_nprobe_for_target_recall"},
     "l14": {"val_loss", "gru_val_loss", "rnn_grad_ratio_t0", "lstm_grad_ratio_t0", "repeat_rate_t0.5"},
 }
-REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}}
+REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}, "l17": {"ivf_speedup_vs_flat", "random_ivf_speedup_vs_flat"}}
 
 
 def test_module_1_is_implemented():
