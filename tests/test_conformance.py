@@ -28,6 +28,8 @@ REQUIRED_METRICS = {
     "l16": {"mlm_masked_accuracy", "mlm_unigram_baseline", "f1", "n_train", "max_length"},
     "l17": {"ivf_recall_at_10", "faiss_ivf_recall_at_10", "random_ivf_recall_at_10", "random_faiss_ivf_recall_at_10",
             "exact_agreement_with_faiss_flat", "ivf_full_probe_recall_at_10", "embed_nprobe_for_target_recall"},
+    "l20": {"recall_at_3_vector", "recall_at_3_bm25", "recall_at_3_hybrid", "recall_at_3_hybrid_rerank",
+            "mrr_hybrid_rerank", "recall_at_1_hybrid_rerank", "recall_at_10_hybrid_rerank"},
     "l14": {"val_loss", "gru_val_loss", "rnn_grad_ratio_t0", "lstm_grad_ratio_t0", "repeat_rate_t0.5"},
 }
 REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}, "l17": {"ivf_speedup_vs_flat", "random_ivf_speedup_vs_flat"}}

@@ -1,0 +1,166 @@
+"""Retrievers that compose: dense (MiniLM + FAISS), reciprocal rank fusion, and re-ranking.
+
+Every retriever has ``search(query, k) -> list[Hit]`` (best first, 1-based ranks), so fusion and
+re-ranking wrap any first stage: ``RerankRetriever(HybridRetriever([bm25, dense]), scorer)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mastery.retrieval.bm25 import RetrievalError, check_query
+from mastery.retrieval.types import Document, Hit
+
+log = logging.getLogger(__name__)
+
+RRF_K = 60  # Cormack et al. 2009: 1 / (60 + rank) damps the top ranks without ignoring the tail
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    def search(self, query: str, k: int = 10) -> list[Hit]: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores (query, passage) pairs; higher = more relevant. Returns an (N,) array for N texts."""
+
+    name: str
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _hit(doc: Document, score: float, rank: int) -> Hit:
+    return Hit(id=doc.id, text=doc.text, score=score, rank=rank, metadata=dict(doc.metadata))
+
+
+# -- dense -----------------------------------------------------------------------------------
+def embed_documents(model: Any, documents: Sequence[Document], batch_size: int = 32,
+                    cache_dir: Path | None = None, model_name: str = "all-minilm-l6-v2") -> np.ndarray:
+    """(N, dim) normalised document embeddings, cached as .npy keyed by model, max length and content."""
+    from mastery.text.embed import encode_texts
+
+    key = hashlib.sha256(f"{model_name}|{model.max_seq_length}".encode())
+    for doc in documents:
+        key.update(doc.content_hash.encode())
+    path = cache_dir / f"doc-emb-{key.hexdigest()[:20]}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        emb = np.load(path)
+        if emb.shape[0] == len(documents):
+            log.info("document embeddings from cache %s", path)
+            return emb
+    emb = encode_texts(model, [d.text for d in documents], batch_size)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npy")
+        np.save(tmp, emb)
+        tmp.replace(path)  # never leave a half-written cache file behind
+    return emb
+
+
+class DenseRetriever:
+    """Exact inner-product search (``faiss.IndexFlatIP``) over normalised sentence embeddings = cosine."""
+
+    name = "vector"
+
+    def __init__(self, documents: Sequence[Document], model: Any, embeddings: np.ndarray | None = None,
+                 batch_size: int = 32) -> None:
+        import faiss
+
+        if not documents:
+            raise RetrievalError("the dense retriever needs at least one document")
+        self.documents = list(documents)
+        self.model = model
+        emb = embed_documents(model, self.documents, batch_size) if embeddings is None else embeddings
+        emb = np.ascontiguousarray(emb, dtype=np.float32)  # (N, dim)
+        if emb.shape[0] != len(self.documents):
+            raise RetrievalError(f"{emb.shape[0]} embeddings for {len(self.documents)} documents")
+        self.index = faiss.IndexFlatIP(emb.shape[1])
+        self.index.add(emb)
+
+    def encode(self, queries: Sequence[str]) -> np.ndarray:
+        from mastery.text.embed import encode_texts
+
+        return encode_texts(self.model, queries)  # (Q, dim)
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        check_query(query, k)
+        scores, ids = self.index.search(self.encode([query]), min(k, len(self.documents)))  # (1, k) each
+        return [_hit(self.documents[i], float(s), rank)
+                for rank, (s, i) in enumerate(zip(scores[0], ids[0], strict=True), start=1) if i >= 0]
+
+
+# -- fusion ------------------------------------------------------------------------------------
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hit]], k: int = RRF_K,
+                           limit: int | None = None) -> list[Hit]:
+    """Fuse ranked lists: score(d) = sum over lists of 1 / (k + rank of d in that list).
+
+    Only ranks matter, so BM25 scores (unbounded) and cosines (-1..1) need no normalising. Ties are
+    broken by the best single rank, then by id, so the fused order is deterministic.
+    """
+    if k < 0:
+        raise RetrievalError(f"the RRF constant k must be >= 0, got {k}")
+    fused: dict[str, float] = {}
+    best_rank: dict[str, int] = {}
+    first: dict[str, Hit] = {}
+    for hits in rankings:
+        for hit in hits:
+            fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (k + hit.rank)
+            best_rank[hit.id] = min(best_rank.get(hit.id, hit.rank), hit.rank)
+            first.setdefault(hit.id, hit)
+    order = sorted(fused, key=lambda i: (-fused[i], best_rank[i], i))[:limit]
+    return [Hit(id=i, text=first[i].text, score=fused[i], rank=r, metadata=dict(first[i].metadata))
+            for r, i in enumerate(order, start=1)]
+
+
+class HybridRetriever:
+    """Reciprocal rank fusion of several retrievers, each asked for its top ``depth``."""
+
+    def __init__(self, retrievers: Sequence[Retriever], depth: int = 50, rrf_k: int = RRF_K,
+                 name: str = "hybrid") -> None:
+        if not retrievers:
+            raise RetrievalError("hybrid search needs at least one retriever")
+        if depth < 1:
+            raise RetrievalError(f"depth must be >= 1, got {depth}")
+        self.retrievers, self.depth, self.rrf_k, self.name = list(retrievers), depth, rrf_k, name
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        check_query(query, k)
+        rankings = [r.search(query, max(k, self.depth)) for r in self.retrievers]
+        return reciprocal_rank_fusion(rankings, self.rrf_k, limit=k)
+
+
+# -- re-ranking --------------------------------------------------------------------------------
+class RerankRetriever:
+    """Take a first stage's top ``depth`` candidates and re-order them by a (slower, better) scorer."""
+
+    def __init__(self, first_stage: Retriever, scorer: Scorer, depth: int = 20, name: str | None = None) -> None:
+        if depth < 1:
+            raise RetrievalError(f"depth must be >= 1, got {depth}")
+        self.first_stage, self.scorer, self.depth = first_stage, scorer, depth
+        self.name = name or f"rerank-{scorer.name}"
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        check_query(query, k)
+        candidates = self.first_stage.search(query, max(k, self.depth))
+        # Only the top ``depth`` are re-scored; any deeper hits keep the first stage's order behind them.
+        head = self.rerank(query, candidates[: self.depth])
+        tail = [Hit(id=h.id, text=h.text, score=h.score, rank=len(head) + i, metadata={**h.metadata,
+                    "first_stage_rank": h.rank}) for i, h in enumerate(candidates[self.depth:], start=1)]
+        return (head + tail)[:k]
+
+    def rerank(self, query: str, candidates: Sequence[Hit]) -> list[Hit]:
+        if not candidates:
+            return []
+        scores = np.asarray(self.scorer.score(query, [h.text for h in candidates]), dtype=np.float64)  # (N,)
+        # Sort by score; equal scores keep the first stage's order (stable), so a tie never shuffles.
+        order = np.argsort(-scores, kind="stable")
+        return [Hit(id=candidates[i].id, text=candidates[i].text, score=float(scores[i]), rank=r,
+                    metadata={**candidates[i].metadata, "first_stage_rank": candidates[i].rank})
+                for r, i in enumerate(order, start=1)]
