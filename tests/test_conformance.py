@@ -29,6 +29,7 @@ REQUIRED_METRICS = {
     "l17": {"ivf_recall_at_10", "faiss_ivf_recall_at_10", "random_ivf_recall_at_10", "random_faiss_ivf_recall_at_10",
             "exact_agreement_with_faiss_flat", "ivf_full_probe_recall_at_10", "embed_nprobe_for_target_recall"},
     "l18": {"files_added", "reingest_added", "changed_replaced", "attack_documents", "query_hit_rate"},
+    "l19": {"citation_rate", "correct_source_rate", "refusal_rate", "retrieval_hit_rate", "answer_keyword_rate"},
     "l20": {"recall_at_3_vector", "recall_at_3_bm25", "recall_at_3_hybrid", "recall_at_3_hybrid_rerank",
             "mrr_hybrid_rerank", "recall_at_1_hybrid_rerank", "recall_at_10_hybrid_rerank"},
     "l14": {"val_loss", "gru_val_loss", "rnn_grad_ratio_t0", "lstm_grad_ratio_t0", "repeat_rate_t0.5"},

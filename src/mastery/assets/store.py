@@ -178,7 +178,8 @@ def _missing_message(asset: Asset) -> str:
     mirrors = os.pathsep.join(str(m) for m in mirror_dirs()) or "unset"
     return (
         f"{asset.name} is not available locally (looked for {asset.filename} in MASTERY_DATA_DIR={mirrors} "
-        f"and {cache_dir()}); run 'mastery data pull {asset.name}' or place the file in a mirror folder"
+        f"and {cache_dir()}); run 'mastery {'models' if asset.kind == 'model' else 'data'} pull {asset.name}' "
+        "or place the file in a mirror folder"
     )
 
 

@@ -1,0 +1,104 @@
+"""Which LLM to talk to: backend, URL, model, key, timeout, threads and context, from env vars or arguments.
+
+Environment variables (arguments to :func:`load_settings` win over them):
+
+- ``MASTERY_LLM_BACKEND``: ``embedded`` (default: llama.cpp via xllamacpp, the registry GGUF),
+  ``ollama`` (a local Ollama, e.g. the roadmap's Llama 3 / DeepSeek-R1) or ``openai`` (any
+  OpenAI-compatible URL).
+- ``MASTERY_LLM_BASE_URL``: the server's OpenAI-compatible base URL (ending in ``/v1``). Embedded:
+  unset means "use a running ``mastery llm serve`` on the default port, else start one for this command".
+- ``MASTERY_LLM_MODEL``, ``MASTERY_LLM_API_KEY``, ``MASTERY_LLM_TIMEOUT`` (seconds per call),
+  ``MASTERY_LLM_THREADS`` (embedded server threads; falls back to ``MASTERY_THREADS``),
+  ``MASTERY_LLM_CTX`` (embedded context length in tokens), ``MASTERY_LLM_CALL_LOG`` (append one JSON
+  line per call to this file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from mastery.core.errors import ConfigError
+
+BACKENDS = ("embedded", "ollama", "openai")
+EMBEDDED_MODEL = "qwen2.5-coder-0.5b-instruct-q4_k_m"  # registry name; also the alias the server answers to
+EMBEDDED_PORT = 8765  # where `mastery llm serve` listens unless told otherwise
+OLLAMA_URL = "http://127.0.0.1:11434/v1"
+OLLAMA_MODEL = "llama3"
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    backend: str = "embedded"
+    base_url: str | None = None  # None (embedded only): a running `serve` on EMBEDDED_PORT, else a temporary server
+    model: str | None = None  # None: the backend's default (embedded: the registry GGUF)
+    api_key: str = "not-needed"  # local servers ignore it; the openai client insists on one
+    timeout_s: float = 120.0
+    threads: int | None = None  # embedded: llama.cpp threads (None: MASTERY_THREADS, else llama.cpp's default)
+    ctx: int = 4096  # embedded: context length in tokens
+    call_log: str | None = None  # a JSONL file that gets one record per call
+
+    def validate(self) -> LLMSettings:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"LLM backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigError("the openai backend needs a URL: set MASTERY_LLM_BASE_URL (or --url)")
+        if self.backend == "openai" and not self.model:
+            raise ConfigError("the openai backend needs a model name: set MASTERY_LLM_MODEL (or --model)")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"LLM base URL must start with http:// or https://, got {self.base_url!r}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"LLM timeout must be > 0 seconds, got {self.timeout_s}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"LLM threads must be >= 1, got {self.threads}")
+        if self.ctx < 256:
+            raise ConfigError(f"LLM context must be >= 256 tokens, got {self.ctx}")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The model to ask for: the configured one, else the backend's default."""
+        if self.model:
+            return self.model
+        return OLLAMA_MODEL if self.backend == "ollama" else EMBEDDED_MODEL
+
+    @property
+    def url(self) -> str:
+        """The base URL to connect to (embedded without a URL: the default `serve` address)."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return OLLAMA_URL if self.backend == "ollama" else f"http://127.0.0.1:{EMBEDDED_PORT}/v1"
+
+
+def _env_number(name: str, kind: type, env: dict[str, str]) -> Any:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> LLMSettings:
+    """Settings from the environment, then ``overrides`` (None values are ignored), validated."""
+    env = dict(os.environ if env is None else env)
+    threads = _env_number("MASTERY_LLM_THREADS", int, env)
+    values: dict[str, Any] = {
+        "backend": env.get("MASTERY_LLM_BACKEND", "").strip().lower() or None,
+        "base_url": env.get("MASTERY_LLM_BASE_URL", "").strip() or None,
+        "model": env.get("MASTERY_LLM_MODEL", "").strip() or None,
+        "api_key": env.get("MASTERY_LLM_API_KEY", "").strip() or None,
+        "timeout_s": _env_number("MASTERY_LLM_TIMEOUT", float, env),
+        "threads": threads if threads is not None else _env_number("MASTERY_THREADS", int, env),
+        "ctx": _env_number("MASTERY_LLM_CTX", int, env),
+        "call_log": env.get("MASTERY_LLM_CALL_LOG", "").strip() or None,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(LLMSettings)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown LLM setting(s): {', '.join(sorted(unknown))}")
+    return LLMSettings(**{k: v for k, v in values.items() if v is not None}).validate()
