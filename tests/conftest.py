@@ -16,9 +16,11 @@ if not os.environ.get("MASTERY_DATA_DIR") and _DEFAULT_MIRROR.is_dir():
 # Tests write to a private cache (below), but models already pulled into the user's cache (the
 # GGUF LLM, which `.ci/run` pulls first) are read from there as one more read-only mirror.
 _USER_CACHE = Path(os.environ.get("MASTERY_CACHE", "~/.cache/mastery")).expanduser()
+_MIRRORS = [str(Path(p).expanduser().resolve()) for p in os.environ.get("MASTERY_DATA_DIR", "").split(os.pathsep) if p]
 if _USER_CACHE.is_dir():
-    os.environ["MASTERY_DATA_DIR"] = os.pathsep.join(
-        p for p in (os.environ.get("MASTERY_DATA_DIR", ""), str(_USER_CACHE)) if p)
+    _MIRRORS.append(str(_USER_CACHE.resolve()))
+# Absolute paths: some tests chdir into a temporary folder.
+os.environ["MASTERY_DATA_DIR"] = os.pathsep.join(_MIRRORS)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # OpenMP worker threads that spin while idle make BLAS/XGBoost fits 10-100x slower when pytest
