@@ -6,7 +6,13 @@ import pytest
 from mastery.core.errors import ConfigError, MasteryError
 from mastery.retrieval.attack import Technique
 from mastery.retrieval.bm25 import BM25Retriever, RetrievalError, tokenize
-from mastery.retrieval.hybrid import HybridRetriever, RerankRetriever, Retriever, reciprocal_rank_fusion
+from mastery.retrieval.hybrid import (
+    HybridRetriever,
+    RerankRetriever,
+    Retriever,
+    fuse_with_first_stage,
+    reciprocal_rank_fusion,
+)
 from mastery.retrieval.questions import (
     STYLES,
     QuestionSources,
@@ -78,6 +84,17 @@ def test_bm25_heading_boost_lifts_the_title_match():
         plain.scores(q)[2:].max(), 1e-9)
     with pytest.raises(RetrievalError, match="heading_boost"):
         BM25Retriever(DOCS, heading_boost=0)
+
+
+def test_bm25_id_weight_beats_filler_words():
+    # "carry out" matches a document that is not T1055.004; the ID must still win when weighted.
+    docs = [*DOCS, Document("attack:T1505", "T1505 Server Software Component\nAttackers carry out commands "
+                            "and carry data out of the server.", {"technique_id": "T1505"})]
+    q = "How do attackers carry out T1055.004?"
+    assert BM25Retriever(docs, heading_boost=3).search(q, 1)[0].id == "attack:T1505"  # the defect, unweighted
+    assert BM25Retriever(docs, heading_boost=3, id_weight=3).search(q, 1)[0].id == "attack:T1055.004"
+    with pytest.raises(RetrievalError, match="id_weight"):
+        BM25Retriever(DOCS, id_weight=0.5)
 
 
 @pytest.mark.parametrize("query, k, match", [("", 3, "empty"), ("   ", 3, "empty"), ("phishing", 0, "positive"),
@@ -249,3 +266,29 @@ def test_rerank_only_rescores_the_top_depth():
     hits = rerank.search("q", 4)
     assert [h.id for h in hits] == ["bb", "a", "ccc", "dddd"]  # the tail keeps the first stage's order
     assert [h.rank for h in hits] == [1, 2, 3, 4] and hits[2].metadata["first_stage_rank"] == 3
+
+
+def test_fusion_with_first_stage_keeps_a_noisy_reranker_in_check():
+    # The scorer prefers long texts; fused with the first stage's order, the first-stage top stays near the top.
+    rerank = RerankRetriever(_Fixed(["a", "bb", "ccc", "dddd"]), _LengthScorer(), depth=4, fuse_k=0)
+    only = RerankRetriever(_Fixed(["a", "bb", "ccc", "dddd"]), _LengthScorer(), depth=4)
+    assert [h.id for h in only.search("q", 4)] == ["dddd", "ccc", "bb", "a"]
+    fused = rerank.search("q", 4)
+    # k=0: 1/1 + 1/4 for "a" and "dddd" tie -> the better re-ranker rank wins; "bb", "ccc" score 1/2 + 1/3.
+    assert [h.id for h in fused] == ["dddd", "a", "ccc", "bb"] and [h.rank for h in fused] == [1, 2, 3, 4]
+    assert fused[0].metadata["rerank_rank"] == 1 and fused[1].metadata["first_stage_rank"] == 1
+    assert fuse_with_first_stage([]) == []
+    with pytest.raises(RetrievalError, match="fusion"):
+        RerankRetriever(_Fixed(["a"]), _LengthScorer(), fuse_k=-1)
+
+
+@needs_mirror
+def test_mean_pooled_cross_encoder_learns(tmp_path):
+    # The mean-pooled head (how MiniLM was trained) must move the listwise loss well below chance, ln(3).
+    from mastery.retrieval.rerank import TrainGroup, train_cross_encoder
+
+    groups = [TrainGroup(d.text.split("\n")[0].split(" ", 1)[1].lower(), d.text,
+                         tuple(o.text for o in DOCS if o is not d)[:2]) for d in DOCS]
+    result = train_cross_encoder(groups, tmp_path / "ce", head="mean", epochs=12, groups_per_batch=2, lr=1e-4,
+                                 head_lr=1e-2, max_length=48, seed=0)
+    assert np.mean(result.losses[:2]) > 1.0 and np.mean(result.losses[-4:]) < 0.8 * np.log(3)

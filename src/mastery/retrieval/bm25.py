@@ -5,6 +5,10 @@ technique by its ID ("T1055.004"), which a generic tokeniser splits into "t1055"
 so matches every sub-technique of T1055. IDs are kept as one token, everything else is
 lower-cased alphanumeric words minus English stop words, with light plural stripping so that
 "credentials" matches "credential".
+
+An ID in a query is also weighted (``id_weight``): it names exactly one technique, yet BM25 scores it
+like any rare word, so filler such as "How do attackers carry out T1112?" let two generic words
+("carry", "out") outscore the one identifier and put another technique first.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ _STOPWORDS_TEXT = (
     "do does did you your we our use used using via also other than"
 )
 _STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+_ID = re.compile(r"t\d{4}(?:\.\d{3})?")
 
 
 class RetrievalError(MasteryError):
@@ -69,13 +74,16 @@ class BM25Retriever:
     """
 
     def __init__(self, documents: Sequence[Document], k1: float = 1.5, b: float = 0.75,
-                 heading_boost: int = 1) -> None:
+                 heading_boost: int = 1, id_weight: float = 1.0) -> None:
         import bm25s
 
         if not documents:
             raise RetrievalError("BM25 needs at least one document to index")
         if heading_boost < 1:
             raise RetrievalError(f"heading_boost must be >= 1, got {heading_boost}")
+        if id_weight < 1.0:
+            raise RetrievalError(f"id_weight must be >= 1, got {id_weight}")
+        self.id_weight = id_weight
         self.documents = list(documents)
         tokens = [tokenize(d.text.split("\n", 1)[0]) * (heading_boost - 1) + tokenize(d.text) for d in self.documents]
         self._index = bm25s.BM25(k1=k1, b=b)
@@ -88,7 +96,15 @@ class BM25Retriever:
         terms = [t for t in tokenize(query) if t in self._vocab]
         if not terms:
             return np.zeros(len(self.documents), dtype=np.float32)
-        return np.asarray(self._index.get_scores(terms), dtype=np.float32)
+        ids = [t for t in terms if _ID.fullmatch(t)]
+        words = [t for t in terms if not _ID.fullmatch(t)]
+        # Score = BM25(words) + id_weight * BM25(IDs): an exact identifier outranks incidental word matches.
+        scores = np.zeros(len(self.documents), dtype=np.float64)
+        if words:
+            scores += self._index.get_scores(words)
+        if ids:
+            scores += self.id_weight * np.asarray(self._index.get_scores(ids), dtype=np.float64)
+        return scores.astype(np.float32)
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         check_query(query, k)

@@ -138,12 +138,20 @@ class HybridRetriever:
 
 # -- re-ranking --------------------------------------------------------------------------------
 class RerankRetriever:
-    """Take a first stage's top ``depth`` candidates and re-order them by a (slower, better) scorer."""
+    """Take a first stage's top ``depth`` candidates and re-order them by a (slower, better) scorer.
 
-    def __init__(self, first_stage: Retriever, scorer: Scorer, depth: int = 20, name: str | None = None) -> None:
+    ``fuse_k``: None re-orders by the scorer alone; an int fuses the scorer's order with the first
+    stage's order by reciprocal rank fusion (see :func:`fuse_with_first_stage`), which keeps a noisy
+    re-ranker from throwing away what the first stage got right.
+    """
+
+    def __init__(self, first_stage: Retriever, scorer: Scorer, depth: int = 20, name: str | None = None,
+                 fuse_k: int | None = None) -> None:
         if depth < 1:
             raise RetrievalError(f"depth must be >= 1, got {depth}")
-        self.first_stage, self.scorer, self.depth = first_stage, scorer, depth
+        if fuse_k is not None and fuse_k < 0:
+            raise RetrievalError(f"the fusion constant must be >= 0, got {fuse_k}")
+        self.first_stage, self.scorer, self.depth, self.fuse_k = first_stage, scorer, depth, fuse_k
         self.name = name or f"rerank-{scorer.name}"
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
@@ -151,6 +159,8 @@ class RerankRetriever:
         candidates = self.first_stage.search(query, max(k, self.depth))
         # Only the top ``depth`` are re-scored; any deeper hits keep the first stage's order behind them.
         head = self.rerank(query, candidates[: self.depth])
+        if self.fuse_k is not None:
+            head = fuse_with_first_stage(head, self.fuse_k)
         tail = [Hit(id=h.id, text=h.text, score=h.score, rank=len(head) + i, metadata={**h.metadata,
                     "first_stage_rank": h.rank}) for i, h in enumerate(candidates[self.depth:], start=1)]
         return (head + tail)[:k]
@@ -164,3 +174,15 @@ class RerankRetriever:
         return [Hit(id=candidates[i].id, text=candidates[i].text, score=float(scores[i]), rank=r,
                     metadata={**candidates[i].metadata, "first_stage_rank": candidates[i].rank})
                 for r, i in enumerate(order, start=1)]
+
+
+def fuse_with_first_stage(reranked: Sequence[Hit], k: int = RRF_K) -> list[Hit]:
+    """RRF of a re-ranked list with the first stage's order (each hit's ``first_stage_rank`` metadata).
+
+    score = 1 / (k + re-ranker rank) + 1 / (k + first-stage rank); ties go to the better re-ranker rank.
+    """
+    fused = [(1.0 / (k + h.rank) + 1.0 / (k + int(h.metadata.get("first_stage_rank", h.rank))), h.rank, h)
+             for h in reranked]
+    fused.sort(key=lambda t: (-t[0], t[1]))
+    return [Hit(id=h.id, text=h.text, score=score, rank=r, metadata={**h.metadata, "rerank_rank": h.rank})
+            for r, (score, _, h) in enumerate(fused, start=1)]
