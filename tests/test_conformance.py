@@ -33,6 +33,8 @@ REQUIRED_METRICS = {
     "l20": {"recall_at_3_vector", "recall_at_3_bm25", "recall_at_3_hybrid", "recall_at_3_hybrid_rerank",
             "mrr_hybrid_rerank", "recall_at_1_hybrid_rerank", "recall_at_10_hybrid_rerank",
             "recall_at_3_hybrid_rerank_ce"},
+    "l25": {"fuzz_5xx", "fuzz_cases", "bad_requests_rejected_naming_field", "artifact_attacks_refused",
+            "served_max_abs_diff", "cv_f1"},
     "l14": {"val_loss", "gru_val_loss", "rnn_grad_ratio_t0", "lstm_grad_ratio_t0", "repeat_rate_t0.5"},
 }
 REQUIRED_TIMINGS = {"l01": {"speedup_at_200"}, "l17": {"ivf_speedup_vs_flat", "random_ivf_speedup_vs_flat"}}

@@ -1,0 +1,94 @@
+"""``mastery serve ...``: train and save the Titanic model, serve it over HTTP.
+
+:func:`register` only builds parsers; FastAPI, uvicorn, skops and scikit-learn load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mastery.core.errors import MasteryError
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _default_tracking_uri() -> str:
+    from mastery.ops.tracking import DEFAULT_TRACKING_DIR, tracking_uri_for
+
+    DEFAULT_TRACKING_DIR.mkdir(parents=True, exist_ok=True)
+    return tracking_uri_for(DEFAULT_TRACKING_DIR)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mastery.serving.artifacts import log_to_mlflow, sidecar_path
+    from mastery.serving.titanic_model import save_titanic, train_titanic
+
+    trained = train_titanic(seed=args.seed, folds=args.folds)
+    meta = save_titanic(trained, Path(args.out))
+    _out(f"{meta['name']} version {meta['version']}: CV F1 {meta['training']['cv_f1']:.3f}, ROC-AUC "
+         f"{meta['training']['cv_roc_auc']:.3f} -> {args.out} (+ {sidecar_path(args.out).name})")
+    if args.track:
+        uri = args.tracking_uri or _default_tracking_uri()
+        run_id = log_to_mlflow(Path(args.out), uri)
+        _out(f"logged to MLflow run {run_id} ({uri}); serve it with: mastery serve predict --model runs:/{run_id}")
+    return 0
+
+
+def _load(args: argparse.Namespace, tmp: str) -> Any:
+    from mastery.serving.artifacts import load_artifact, load_from_mlflow
+
+    if args.model.startswith("runs:/"):
+        run_id = args.model.removeprefix("runs:/").strip("/").split("/")[0]
+        if not run_id:
+            raise MasteryError(f"--model {args.model!r}: expected runs:/<run id>")
+        return load_from_mlflow(run_id, args.tracking_uri or _default_tracking_uri(), tmp, expected_sha256=args.sha256)
+    return load_artifact(Path(args.model), expected_sha256=args.sha256)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mastery.serving.logs import use_json_logs
+    from mastery.serving.predict_api import create_app
+
+    use_json_logs(logging.getLogger().level or logging.INFO)  # every line on stderr is one JSON object
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning("binding to %s: the API has no authentication", args.host)
+    with tempfile.TemporaryDirectory(prefix="mastery-serve-") as tmp:
+        app = create_app(_load(args, tmp), scoring_threads=args.scoring_threads)
+        # log_config=None keeps the JSON handlers; the middleware writes the access log.
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                    timeout_graceful_shutdown=5)
+    return 0
+
+
+def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser("serve", help="serve a trained model over HTTP (FastAPI + uvicorn)")
+    sub = serve.add_subparsers(dest="action", required=True, parser_class=parser_class)
+
+    p = sub.add_parser("predict", help="serve POST /predict for a saved Titanic model (docs at /docs)")
+    p.add_argument("--model", required=True, help="a .skops file with its .skops.json sidecar, or runs:/<run id> "
+                                                  "of an MLflow run that logged one")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--sha256", default=None, help="refuse to serve unless the file's sha256 starts with this "
+                                                  "(e.g. the 12-digit version)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ (default sqlite:///runs/mlflow.db)")
+    p.add_argument("--scoring-threads", type=int, default=1, choices=range(1, 65), metavar="N",
+                   help="requests scored at once (default 1: scoring holds the GIL, more threads only contend)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train-titanic", help="train the Titanic pipeline and save it as a skops artifact")
+    p.add_argument("--out", required=True, help="file to write, e.g. models/titanic.skops (sidecar: +.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds for the recorded metrics")
+    p.add_argument("--track", action="store_true", help="also log the artifact to an MLflow run")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///runs/mlflow.db)")
+    p.set_defaults(func=cmd_train)
