@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mastery.core.errors import MasteryError
 from mastery.llm.client import Completion
 from mastery.llm.rag import (
     DECLINE_TEXT,
@@ -150,7 +151,7 @@ def test_rag_ask_cli_answers_from_a_pdf_with_citations(llm_server, zephyr_kb, ca
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "42" in out.out and "Sources: [1] zephyr-handbook.pdf p.1" in out.out
-    assert "[1] zephyr-handbook.pdf p.1  (similarity" in out.out and "completion tokens" in out.err
+    assert "[1] zephyr-handbook.pdf p.1  (fused score" in out.out and "completion tokens" in out.err
 
 
 @needs_llm
@@ -164,3 +165,29 @@ def test_rag_ask_declines_and_reports_bad_collections(llm_server, zephyr_kb, cap
     assert main(["rag", "ask", "anything", "--collection", "nope", "--kb-dir", str(zephyr_kb), "--url",
                  llm_server.url, "--device", "cpu"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_hybrid_retrieval_fuses_bm25_with_the_dense_ranking():
+    from mastery.llm.rag import retrieve
+    from mastery.retrieval.types import Document, Hit
+
+    docs = [Document("a", "backup retention is forty-two days", {"source": "a.md"}),
+            Document("b", "error code ZX-81 means the disk is full", {"source": "b.md"}),
+            Document("c", "the cafeteria opens at nine", {"source": "c.md"})]
+
+    class FakeKB:  # dense ranking that misses the exact code the question names
+        def query(self, text, collection, k, where=None):
+            return [Hit(d.id, d.text, 0.9 - 0.1 * i, i + 1, dict(d.metadata)) for i, d in enumerate(docs)][:k]
+
+        def documents(self, collection, where=None):
+            return docs
+
+        def count(self, collection):
+            return len(docs)
+
+    dense, best = retrieve(FakeKB(), "what does ZX-81 mean?", "c", k=1, method="dense")
+    hybrid, best_hybrid = retrieve(FakeKB(), "what does ZX-81 mean?", "c", k=1, method="hybrid")
+    assert [h.id for h in dense] == ["a"] and [h.id for h in hybrid] == ["b"]
+    assert best == best_hybrid == 0.9  # the gate still sees the dense cosine
+    with pytest.raises(MasteryError):
+        retrieve(FakeKB(), "q", "c", method="sparse")

@@ -61,6 +61,7 @@ RUNBOOK = ("# Database outage runbook\n\nWhen the orders database is down, the o
 class Config:
     corpus: str = "real"  # "generated": a 3-page PDF + a Markdown file; "real": 2 registry PDFs + ATT&CK
     k: int = 3  # chunks in the prompt
+    retrieval: str = "hybrid"  # "dense": MiniLM cosine; "hybrid": MiniLM + BM25 by reciprocal rank fusion (L20)
     chunk_size: int = 800  # characters per PDF/Markdown chunk
     chunk_overlap: int = 100
     attack_max_chars: int = 1200  # ATT&CK descriptions are cut to this many characters (one chunk each)
@@ -78,6 +79,8 @@ class Config:
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
+        if self.retrieval not in ("dense", "hybrid"):
+            raise ConfigError(f"retrieval must be 'dense' or 'hybrid', got {self.retrieval!r}")
         if self.corpus not in ("generated", "real"):
             raise ConfigError(f"corpus must be 'generated' or 'real', got {self.corpus!r}")
         if self.k < 1 or self.max_tokens < 8 or self.context_chars < 100:
@@ -145,7 +148,7 @@ def run(config: Config, progress: Progress) -> Report:
             for question, expected, keywords in questions:
                 answer = ask(llm, kb, question, collection="l19", k=config.k, max_tokens=config.max_tokens,
                              context_chars=config.context_chars, min_score=config.min_score,
-                             min_support=config.min_support)
+                             min_support=config.min_support, retrieval=config.retrieval)
                 rows.append(_score(answer, expected, keywords))
                 progress.step(1)
     _report(report, config, rows, kb_stats)
@@ -260,7 +263,10 @@ def _notes(report: Report, config: Config, rows: list[dict[str, Any]], kb_stats:
               "a generated 3-page PDF and a Markdown runbook (facts no model can know)")
     report.note(
         f"Corpus: {corpus}, embedded with all-MiniLM-L6-v2. Each question retrieves the top {config.k} chunks "
-        f"(cosine); the prompt numbers them ([1] (source p.N) text, each cut to {config.context_chars} characters), "
+        + ("(MiniLM cosine top-20 and BM25 top-20 fused by reciprocal rank, as in L20: a dense-only run of this "
+           "preset retrieved the right chunk for 0.83 of the questions and cited the right source for 0.58)"
+           if config.retrieval == "hybrid" else "(cosine)")
+        + f"; the prompt numbers them ([1] (source p.N) text, each cut to {config.context_chars} characters), "
         "asks for a one-sentence answer citing [n], or exactly \"I don't know\", and shows one worked answer and one "
         "worked refusal as earlier chat turns. Generation: temperature 0, seed 0, streamed.")
     report.note(

@@ -12,6 +12,7 @@ that says it does not know (in any of the usual phrasings) is a decline.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -193,10 +194,41 @@ def answer_from(question: str, text: str, hits: Sequence[Hit], completion: Compl
                      decline_reason=reason, completion=completion, **extra)
 
 
+RETRIEVAL_METHODS = ("dense", "hybrid")
+_BM25_CACHE: dict[tuple[int, str, str, int], Any] = {}
+
+
+def retrieve(kb: Any, question: str, collection: str, k: int = 3, where: dict[str, Any] | None = None,
+             method: str = "dense", depth: int = 20) -> tuple[list[Hit], float | None]:
+    """The top-k chunks and the best dense cosine (what ``min_score`` gates on).
+
+    "dense": MiniLM cosine through the knowledge base. "hybrid": the dense top-``depth`` fused with BM25's
+    top-``depth`` over the same collection by reciprocal rank fusion (L20): exact terms such as technique
+    IDs, function names and error codes, which embeddings blur, come back into reach. Hybrid hits carry the
+    fused score."""
+    if method not in RETRIEVAL_METHODS:
+        from mastery.core.errors import ConfigError
+
+        raise ConfigError(f"retrieval must be one of {', '.join(RETRIEVAL_METHODS)}, got {method!r}")
+    dense = kb.query(question, collection, k=max(k, depth) if method == "hybrid" else k, where=where)
+    best = dense[0].score if dense else None
+    if method == "dense":
+        return dense[:k], best
+    from mastery.retrieval.bm25 import BM25Retriever
+    from mastery.retrieval.hybrid import reciprocal_rank_fusion
+
+    # One BM25 index per collection state (its size changes on every ingest that writes).
+    key = (id(kb), collection, json.dumps(where, sort_keys=True, default=str), kb.count(collection))
+    if key not in _BM25_CACHE:
+        _BM25_CACHE.clear()
+        _BM25_CACHE[key] = BM25Retriever(kb.documents(collection, where=where))
+    return reciprocal_rank_fusion([dense, _BM25_CACHE[key].search(question, depth)], limit=k), best
+
+
 def ask(llm: LLMClient, kb: Any, question: str, *, collection: str, k: int = 3, where: dict[str, Any] | None = None,
         max_tokens: int = 256, context_chars: int | None = 1200, min_score: float | None = None,
         min_support: float = 0.6, on_text: Callable[[str], None] | None = None,
-        extra_body: dict[str, Any] | None = None) -> RagAnswer:
+        extra_body: dict[str, Any] | None = None, retrieval: str = "dense") -> RagAnswer:
     """Retrieve the top-k chunks of ``collection``, prompt the LLM with them, stream the answer to ``on_text``,
     then check it (:func:`answer_from`).
 
@@ -204,11 +236,11 @@ def ask(llm: LLMClient, kb: Any, question: str, *, collection: str, k: int = 3, 
     With ``min_score``, a question whose best chunk scores lower is declined without calling the LLM.
     """
     start = time.perf_counter()
-    hits = kb.query(question, collection, k=k, where=where)
+    hits, best_cosine = retrieve(kb, question, collection, k=k, where=where, method=retrieval)
     retrieval_s = time.perf_counter() - start
     prompt = build_prompt(question, hits, context_chars)
-    if not hits or (min_score is not None and hits[0].score < min_score):
-        best = f"{hits[0].score:.2f}" if hits else "none"
+    if not hits or (min_score is not None and (best_cosine is None or best_cosine < min_score)):
+        best = f"{best_cosine:.2f}" if best_cosine is not None else "none"
         log.info("event=rag_gate question=%r best_score=%s min_score=%s", question[:80], best, min_score)
         if on_text:
             on_text(DECLINE_TEXT)
