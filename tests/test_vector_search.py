@@ -233,7 +233,7 @@ def test_embedding_cache_is_keyed_and_reused(monkeypatch):
     assert seconds is not None and cached is None and calls == [8, 16]
     np.testing.assert_array_equal(first, again)
     assert other[0, 0] == 16
-    assert vb.embedding_cache_path("m", ["a", "b"], 8) != vb.embedding_cache_path("m", ["b", "a"], 8)
+    assert embed.embedding_cache_path("m", ["a", "b"], 8) != embed.embedding_cache_path("m", ["b", "a"], 8)
 
 
 def test_lab_config_validation():

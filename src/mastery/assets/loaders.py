@@ -87,6 +87,16 @@ def load_imdb() -> pd.DataFrame:
     return _read_csv("imdb", keep_default_na=False)
 
 
+def balanced_subset(df: pd.DataFrame, n: int | None, seed: int, label: str = "label") -> pd.DataFrame:
+    """n rows, half of each of two labels (the odd one to label 1), in a seeded random order; all rows,
+    shuffled, when n is None or not smaller than the frame."""
+    if n is None or n >= len(df):
+        return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    parts = [g.sample(n=min(len(g), n // 2 + (n % 2) * int(key == 1)), random_state=seed)
+             for key, g in df.groupby(label)]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
 def load_tinyshakespeare() -> str:
     with gzip.open(resolve("tinyshakespeare"), "rt", encoding="utf-8") as fh:
         return fh.read()

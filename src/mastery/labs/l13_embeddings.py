@@ -63,15 +63,6 @@ PRESETS = {
 }
 
 
-def _stratified(df: Any, n: int, seed: int) -> Any:
-    """n rows, half of each label, in a seeded random order."""
-    parts = [g.sample(n=min(len(g), n // 2 + (n % 2) * int(label == 1)), random_state=seed)
-             for label, g in df.groupby("label")]
-    import pandas as pd
-
-    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
-
-
 def run(config: Config, progress: Progress) -> Report:
     from mastery.assets.loaders import load_tinyshakespeare
     from mastery.nn.train import start_torch_report
@@ -188,12 +179,12 @@ def _word2vec(report: Report, config: Config, text: str, device: Any, progress: 
 def _sentiment(report: Report, config: Config, device: str, progress: Progress) -> None:
     import numpy as np
 
-    from mastery.assets.loaders import load_imdb
+    from mastery.assets.loaders import balanced_subset, load_imdb
     from mastery.text.embed import encode_texts, load_sentence_model, logreg_head, tfidf_logreg, throughput
 
     df = load_imdb()
-    train = _stratified(df[df.split == "train"], config.n_train, config.seed)
-    test = _stratified(df[df.split == "test"], config.n_test, config.seed)
+    train = balanced_subset(df[df.split == "train"], config.n_train, config.seed)
+    test = balanced_subset(df[df.split == "test"], config.n_test, config.seed)
     y_train, y_test = train.label.to_numpy(), test.label.to_numpy()
     report.metric("n_train", len(train))
     report.metric("n_test", len(test))

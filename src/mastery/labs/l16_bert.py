@@ -75,15 +75,6 @@ PRESETS = {
 }
 
 
-def _stratified(df: Any, n: int | None, seed: int) -> Any:
-    if n is None or n >= len(df):
-        return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    import pandas as pd
-
-    parts = [g.sample(n=n // 2 + (n % 2) * int(label == 1), random_state=seed) for label, g in df.groupby("label")]
-    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
-
-
 def run(config: Config, progress: Progress) -> Report:
     from mastery.assets.loaders import load_imdb
     from mastery.nn.train import start_torch_report
@@ -102,6 +93,7 @@ def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: 
     import matplotlib.pyplot as plt
     import torch
 
+    from mastery.assets.loaders import balanced_subset
     from mastery.text.mlm import (
         MLMError,
         PieceVocabulary,
@@ -114,8 +106,8 @@ def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: 
     )
 
     progress.stage("WordPiece vocabulary", None)
-    train_text = _stratified(imdb[imdb.split == "train"], config.mlm_train_reviews, config.seed).text.tolist()
-    eval_text = _stratified(imdb[imdb.split == "test"], config.mlm_eval_reviews, config.seed + 1).text.tolist()
+    train_text = balanced_subset(imdb[imdb.split == "train"], config.mlm_train_reviews, config.seed).text.tolist()
+    eval_text = balanced_subset(imdb[imdb.split == "test"], config.mlm_eval_reviews, config.seed + 1).text.tolist()
     from transformers import AutoTokenizer
 
     from mastery.assets.store import resolve
@@ -227,12 +219,13 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from mastery.assets.loaders import balanced_subset
     from mastery.finetune.classify import FineTuneError, FineTuneSettings, encode_texts, finetune_classifier
     from mastery.nn.train import confusion_matrix
 
     model_dir, source = _resolve_model(config.model)
-    train = _stratified(imdb[imdb.split == "train"], config.n_train, config.seed)
-    test = _stratified(imdb[imdb.split == "test"], config.n_test, config.seed)
+    train = balanced_subset(imdb[imdb.split == "train"], config.n_train, config.seed)
+    test = balanced_subset(imdb[imdb.split == "test"], config.n_test, config.seed)
     settings = FineTuneSettings(max_length=config.max_length, head_tokens=config.head_tokens, epochs=config.epochs,
                                 batch_size=config.batch_size, lr=config.lr, bf16=config.bf16, pooling=config.pooling,
                                 seed=config.seed)

@@ -6,7 +6,6 @@ re-ranking wrap any first stage: ``RerankRetriever(HybridRetriever([bm25, dense]
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,24 +42,15 @@ def _hit(doc: Document, score: float, rank: int) -> Hit:
 # -- dense -----------------------------------------------------------------------------------
 def embed_documents(model: Any, documents: Sequence[Document], batch_size: int = 32,
                     cache_dir: Path | None = None, model_name: str = "all-minilm-l6-v2") -> np.ndarray:
-    """(N, dim) normalised document embeddings, cached as .npy keyed by model, max length and content."""
-    from mastery.text.embed import encode_texts
+    """(N, dim) normalised document embeddings; with ``cache_dir``, cached as .npy keyed by model, max length
+    and content (:func:`mastery.text.embed.cached_encode`)."""
+    from mastery.text.embed import cached_encode, encode_texts
 
-    key = hashlib.sha256(f"{model_name}|{model.max_seq_length}".encode())
-    for doc in documents:
-        key.update(doc.content_hash.encode())
-    path = cache_dir / f"doc-emb-{key.hexdigest()[:20]}.npy" if cache_dir else None
-    if path is not None and path.is_file():
-        emb = np.load(path)
-        if emb.shape[0] == len(documents):
-            log.info("document embeddings from cache %s", path)
-            return emb
-    emb = encode_texts(model, [d.text for d in documents], batch_size)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)  # never leave a half-written cache file behind
+    texts = [d.text for d in documents]
+    if cache_dir is None:
+        return encode_texts(model, texts, batch_size)
+    emb, _ = cached_encode(texts, model_name, model.max_seq_length, load_model=lambda: model,
+                           batch_size=batch_size, folder=cache_dir)
     return emb
 
 

@@ -9,14 +9,12 @@ queries/s are timings.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -73,37 +71,13 @@ def imdb_reviews(n_index: int, n_queries: int, seed: int) -> tuple[list[str], li
     return chosen[:n_index], chosen[n_index:]
 
 
-def embedding_cache_path(model_name: str, texts: Sequence[str], max_seq_length: int) -> Path:
-    from mastery.assets.store import cache_dir
-
-    digest = hashlib.sha256(f"{model_name}\0{max_seq_length}\0".encode())
-    for text in texts:
-        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
-    return cache_dir() / "embeddings" / f"{model_name}-{max_seq_length}-{len(texts)}-{digest.hexdigest()[:16]}.npy"
-
-
 def cached_embeddings(texts: Sequence[str], model_name: str = "all-minilm-l6-v2", max_seq_length: int = 128,
                       batch_size: int = 64, device: str = "cpu") -> tuple[np.ndarray, float | None]:
     """(len(texts), dim) L2-normalised float32 embeddings and the encode seconds (None when read from cache)."""
-    path = embedding_cache_path(model_name, texts, max_seq_length)
-    if path.is_file():
-        emb = np.load(path)
-        if emb.shape[0] == len(texts):
-            log.info("embeddings from cache %s", path)
-            return emb, None
-        log.warning("ignoring cached embeddings %s with shape %s", path, emb.shape)
-    from mastery.text.embed import encode_texts, load_sentence_model
+    from mastery.text import embed
 
-    model = load_sentence_model(model_name, device=device, max_seq_length=max_seq_length)
-    start = time.perf_counter()
-    emb = encode_texts(model, texts, batch_size)
-    seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, emb)
-    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
-    log.info("encoded %d texts in %.1f s -> %s", len(texts), seconds, path)
-    return emb, seconds
+    return embed.cached_encode(texts, model_name, max_seq_length, batch_size=batch_size, load_model=lambda: (
+        embed.load_sentence_model(model_name, device=device, max_seq_length=max_seq_length)))
 
 
 # -- the sweep -----------------------------------------------------------------------------------

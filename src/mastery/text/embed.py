@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,43 @@ def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 64) -> np.n
     emb = model.encode(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True,
                        normalize_embeddings=True)
     return np.asarray(emb, dtype=np.float32)
+
+
+def embedding_cache_path(model_name: str, texts: Sequence[str], max_seq_length: int,
+                         folder: Path | None = None) -> Path:
+    """Where the embeddings of exactly these texts (in this order) by this model and length are cached;
+    the default folder is ``<MASTERY_CACHE>/embeddings``."""
+    if folder is None:
+        from mastery.assets.store import cache_dir
+
+        folder = cache_dir() / "embeddings"
+    digest = hashlib.sha256(f"{model_name}\0{max_seq_length}\0".encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
+    return folder / f"{model_name}-{max_seq_length}-{len(texts)}-{digest.hexdigest()[:16]}.npy"
+
+
+def cached_encode(texts: Sequence[str], model_name: str, max_seq_length: int, load_model: Callable[[], Any],
+                  batch_size: int = 64, folder: Path | None = None) -> tuple[np.ndarray, float | None]:
+    """(len(texts), dim) L2-normalised float32 embeddings, read from the cache when present, and the encode
+    seconds (None when read from the cache). ``load_model`` is called only on a cache miss."""
+    path = embedding_cache_path(model_name, texts, max_seq_length, folder)
+    if path.is_file():
+        emb = np.load(path)
+        if emb.shape[0] == len(texts):
+            log.info("embeddings from cache %s", path)
+            return emb, None
+        log.warning("ignoring cached embeddings %s with shape %s", path, emb.shape)
+    model = load_model()
+    start = time.perf_counter()
+    emb = encode_texts(model, texts, batch_size)
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, emb)
+    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
+    log.info("encoded %d texts in %.1f s -> %s", len(texts), seconds, path)
+    return emb, seconds
 
 
 def throughput(model: Any, texts: Sequence[str], batch_size: int = 64) -> float:
