@@ -151,22 +151,15 @@ class EmbeddedServer:
         return json.loads(buf.split(b"\n", 1)[0])
 
     def _wait_healthy(self, deadline: float) -> None:
-        import httpx
+        from mastery.core.services import wait_until_healthy
 
-        last = ""
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"{self.root_url}/health", timeout=2.0)
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"  # 503 while the model loads
-            except httpx.HTTPError as exc:
-                last = str(exc)
-            if self._proc is not None and self._proc.poll() is not None:
-                break
-            time.sleep(0.05)  # poll interval; /health answers in microseconds once ready
+        if self._proc is None:
+            return
+        problem = wait_until_healthy(f"{self.root_url}/health", self._proc, deadline)
+        if problem is None:
+            return
         self.stop()
-        raise LLMServerError(f"embedded LLM server at {self.root_url} never became healthy ({last}); "
+        raise LLMServerError(f"embedded LLM server at {self.root_url} never became healthy ({problem}); "
                              f"log: {self._log_path}")
 
     def stop(self, timeout_s: float = 10.0) -> None:

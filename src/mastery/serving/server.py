@@ -110,7 +110,7 @@ class ServerProcess:
         return self._proc.pid if self._proc else None
 
     def start(self) -> ServerProcess:
-        import httpx
+        from mastery.core.services import wait_until_healthy
 
         cmd = [sys.executable, "-m", "mastery.cli", "serve", "predict", "--model", str(self.model),
                "--host", self.host, "--port", str(self.port), *self.extra_args]
@@ -120,21 +120,13 @@ class ServerProcess:
                "OMP_WAIT_POLICY": "PASSIVE"}
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + self.start_timeout
-        with httpx.Client(trust_env=False, timeout=2.0) as client:
-            while True:
-                if self._proc.poll() is not None:
-                    self.stop()
-                    raise ServerError(f"the server exited with code {self._proc.returncode}: {self._tail()}")
-                try:
-                    if client.get(self.url + "/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise ServerError(f"no answer from {self.url}/health within {self.start_timeout:.0f} s")
-                time.sleep(0.05)
+        problem = wait_until_healthy(self.url + "/health", self._proc, time.monotonic() + self.start_timeout)
+        if problem == "exited":
+            self.stop()
+            raise ServerError(f"the server exited with code {self._proc.returncode}: {self._tail()}")
+        if problem is not None:
+            self.stop()
+            raise ServerError(f"no answer from {self.url}/health within {self.start_timeout:.0f} s")
         log.info("serving on %s (pid %d)", self.url, self._proc.pid)
         return self
 
