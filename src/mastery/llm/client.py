@@ -27,7 +27,7 @@ from mastery.llm.settings import LLMSettings, load_settings
 
 log = logging.getLogger(__name__)
 
-Messages = str | Sequence[dict[str, str]]
+Messages = str | Sequence[dict[str, Any]]  # tool turns carry non-string fields (tool_calls)
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class Completion:
     stream: bool = False
     usage_reported: bool = True  # False: the server sent no usage, token counts are estimates
     server_timings: dict[str, float] | None = None  # llama.cpp's own prompt/predicted ms, when sent
+    # native function calls (``tools=`` given and the server parsed a call): {"id", "name", "arguments"},
+    # arguments as the raw JSON text the model wrote (parsing it is the caller's business: small models err)
+    tool_calls: tuple[dict[str, str], ...] = ()
 
     @property
     def prompt_tokens_per_s(self) -> float | None:
@@ -59,7 +62,7 @@ class Completion:
         return self.completion_tokens / self.latency_s if self.latency_s > 0 and self.completion_tokens else None
 
 
-def _as_messages(messages: Messages, system: str | None = None) -> list[dict[str, str]]:
+def _as_messages(messages: Messages, system: str | None = None) -> list[dict[str, Any]]:
     out = [{"role": "user", "content": messages}] if isinstance(messages, str) else [dict(m) for m in messages]
     if system:
         out.insert(0, {"role": "system", "content": system})
@@ -135,8 +138,9 @@ class LLMClient:
     # -- calls --------------------------------------------------------------------------------
     def chat(self, messages: Messages, *, system: str | None = None, max_tokens: int = 256,
              temperature: float = 0.0, seed: int | None = 0, stop: list[str] | None = None,
-             extra_body: dict[str, Any] | None = None) -> Completion:
-        """One completion, returned whole."""
+             extra_body: dict[str, Any] | None = None, tools: Sequence[dict[str, Any]] | None = None) -> Completion:
+        """One completion, returned whole. ``tools`` (OpenAI function schemas) asks for native function
+        calling; the calls the server recognised come back in ``Completion.tool_calls``."""
         msgs = _as_messages(messages, system)
         if self._verify_model:
             self.check_model()
@@ -144,7 +148,7 @@ class LLMClient:
         try:
             response = self._client.chat.completions.create(
                 model=self.model, messages=msgs, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                stop=stop, extra_body=extra_body)
+                stop=stop, extra_body=extra_body, **({"tools": list(tools)} if tools else {}))
         except Exception as exc:
             raise self._failed(exc, start, stream=False) from _cause(exc)
         latency = time.perf_counter() - start
@@ -156,7 +160,10 @@ class LLMClient:
             text=choice.message.content or "", prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0, latency_s=latency,
             time_to_first_token_s=None, model=response.model or self.model, finish_reason=choice.finish_reason,
-            usage_reported=usage is not None, server_timings=(response.model_extra or {}).get("timings"))
+            usage_reported=usage is not None, server_timings=(response.model_extra or {}).get("timings"),
+            tool_calls=tuple({"id": c.id or f"call_{i}", "name": c.function.name,
+                              "arguments": c.function.arguments or ""}
+                             for i, c in enumerate(choice.message.tool_calls or []) if c.function))
         self._record(completion)
         return completion
 
@@ -171,7 +178,7 @@ class LLMClient:
         holder._pieces = self._stream_pieces(holder, msgs, max_tokens, temperature, seed, stop, extra_body)
         return holder
 
-    def _stream_pieces(self, holder: ChatStream, msgs: list[dict[str, str]], max_tokens: int, temperature: float,
+    def _stream_pieces(self, holder: ChatStream, msgs: list[dict[str, Any]], max_tokens: int, temperature: float,
                        seed: int | None, stop: list[str] | None, extra_body: dict[str, Any] | None) -> Iterator[str]:
         start = time.perf_counter()
         deadline = start + self.settings.timeout_s  # the SDK's timeout is per read; this bounds the whole call
@@ -212,7 +219,8 @@ class LLMClient:
 
     # -- records and errors ---------------------------------------------------------------------
     def _record(self, completion: Completion) -> None:
-        record = {k: v for k, v in asdict(completion).items() if k not in ("text", "server_timings")}
+        record = {k: v for k, v in asdict(completion).items() if k not in ("text", "server_timings", "tool_calls")}
+        record["tool_calls"] = len(completion.tool_calls)
         record.update(time=time.time(), backend=self.settings.backend, ok=True, chars=len(completion.text))
         self._save(record)
         log.info("event=llm_call backend=%s model=%s stream=%s prompt_tokens=%d completion_tokens=%d "
