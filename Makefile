@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag,serve
+EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag,serve,agents
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install demo test test-slow lint bench lock clean

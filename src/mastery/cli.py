@@ -16,7 +16,8 @@ from mastery.core.errors import MasteryError
 log = logging.getLogger("mastery")
 RESULTS_DIR = Path("docs/results")
 DOMAIN_COMMANDS = ("mastery.vision.cli", "mastery.text.cli", "mastery.llm.cli", "mastery.retrieval.cli",
-                   "mastery.agents.cli", "mastery.serving.cli")
+                   "mastery.agents.cli", "mastery.agents.support_cli", "mastery.agents.crew_cli",
+                   "mastery.serving.cli")
 
 
 class _Parser(argparse.ArgumentParser):
