@@ -33,6 +33,8 @@ REQUIRED_METRICS = {
     "l20": {"recall_at_3_vector", "recall_at_3_bm25", "recall_at_3_hybrid", "recall_at_3_hybrid_rerank",
             "mrr_hybrid_rerank", "recall_at_1_hybrid_rerank", "recall_at_10_hybrid_rerank",
             "recall_at_3_hybrid_rerank_ce"},
+    "l23": {"runs_completed", "mean_revision_rounds", "citation_rate", "approval_rate", "mean_tokens_per_run",
+            "mean_llm_calls_per_run"},
     "l25": {"fuzz_5xx", "fuzz_cases", "bad_requests_rejected_naming_field", "artifact_attacks_refused",
             "served_max_abs_diff", "cv_f1"},
     "l14": {"val_loss", "gru_val_loss", "rnn_grad_ratio_t0", "lstm_grad_ratio_t0", "repeat_rate_t0.5"},
