@@ -33,6 +33,8 @@ REQUIRED_METRICS = {
     "l20": {"recall_at_3_vector", "recall_at_3_bm25", "recall_at_3_hybrid", "recall_at_3_hybrid_rerank",
             "mrr_hybrid_rerank", "recall_at_1_hybrid_rerank", "recall_at_10_hybrid_rerank",
             "recall_at_3_hybrid_rerank_ce"},
+    "l22": {"intent_accuracy", "fallback_accuracy", "retrieval_hit_rate", "draft_key_fact_rate",
+            "draft_cites_policy_rate", "hitl_paths_ok", "restart_resumed"},
     "l23": {"runs_completed", "mean_revision_rounds", "citation_rate", "approval_rate", "mean_tokens_per_run",
             "mean_llm_calls_per_run"},
     "l25": {"fuzz_5xx", "fuzz_cases", "bad_requests_rejected_naming_field", "artifact_attacks_refused",
