@@ -1,4 +1,4 @@
-"""``mastery serve ...``: train and save the Titanic model, serve it over HTTP.
+"""``mastery serve ...``: train and save the Titanic model, serve it over HTTP; serve the agent API.
 
 :func:`register` only builds parsers; FastAPI, uvicorn, skops and scikit-learn load when a command runs.
 """
@@ -69,6 +69,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mastery.agents.resilience import load_price_table
+    from mastery.llm.client import embedded_alias, server_healthy
+    from mastery.llm.settings import load_settings
+    from mastery.serving.agent_api import create_app, default_settings
+    from mastery.serving.logs import use_json_logs
+
+    use_json_logs(logging.getLogger().level or logging.INFO)
+    log = logging.getLogger(__name__)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding to %s: the API has no authentication", args.host)
+    llm = load_settings(base_url=args.llm_url, model=args.model)
+    primary_url = llm.url
+    if llm.backend == "embedded" and not llm.base_url and not server_healthy(primary_url):
+        raise MasteryError(f"no LLM server at {primary_url}: start one with 'mastery llm serve' (or pass --llm-url)")
+    model = embedded_alias(llm) if llm.backend == "embedded" else llm.model_name
+    settings = default_settings(args.db, primary_url, model, fallback_url=args.fallback_url,
+                                fallback_model=args.fallback_model, prices=load_price_table(args.price_table),
+                                llm_timeout_s=args.llm_timeout, workers=args.workers, queue_limit=args.queue,
+                                agent_mode=args.agent_mode)
+    app = create_app(settings)
+    log.info("agent API: primary %s (%s), fallback %s, runs in %s", primary_url, model, args.fallback_url or "none",
+             args.db)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                    timeout_graceful_shutdown=5)
+    finally:
+        app.state.close()
+    return 0
+
+
 def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     serve = subparsers.add_parser("serve", help="serve a trained model over HTTP (FastAPI + uvicorn)")
     sub = serve.add_subparsers(dest="action", required=True, parser_class=parser_class)
@@ -84,6 +117,25 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     p.add_argument("--scoring-threads", type=int, default=1, choices=range(1, 65), metavar="N",
                    help="requests scored at once (default 1: scoring holds the GIL, more threads only contend)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("agent", help="serve the ReAct agent: POST /runs, GET /runs/{id}, SSE at /runs/{id}/events")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8010)
+    p.add_argument("--db", default="runs/agent-api.db", help="SQLite file holding every run (default %(default)s)")
+    p.add_argument("--llm-url", default=None, help="primary OpenAI-compatible URL (default: MASTERY_LLM_* settings, "
+                                                   "i.e. 'mastery llm serve' on 127.0.0.1:8765)")
+    p.add_argument("--model", default=None, help="primary model name (default: the configured one)")
+    p.add_argument("--fallback-url", default=None, help="a second OpenAI-compatible URL used when the primary fails")
+    p.add_argument("--fallback-model", default=None, help="the fallback's model name (default: the primary's)")
+    p.add_argument("--price-table", default=None, help="JSON/TOML prices per 1M tokens (default: "
+                                                       "MASTERY_PRICE_TABLE, else every model costs 0)")
+    p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per LLM call before it is retried")
+    p.add_argument("--workers", type=int, default=2, choices=range(1, 65), metavar="N", help="runs at once")
+    p.add_argument("--agent-mode", choices=("text", "native", "auto"), default="text",
+                   help="text ReAct (default; best on small local models) or OpenAI function calling")
+    p.add_argument("--queue", type=int, default=16, choices=range(0, 1001), metavar="N",
+                   help="runs waiting for a worker before POST /runs answers 429")
+    p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("train-titanic", help="train the Titanic pipeline and save it as a skops artifact")
     p.add_argument("--out", required=True, help="file to write, e.g. models/titanic.skops (sidecar: +.json)")

@@ -1,0 +1,388 @@
+"""L24: retries with backoff and jitter, fallbacks, prices, the scripted LLM server, and the agent API over HTTP.
+
+Servers are real uvicorn on 127.0.0.1 (threads): two scripted LLMs (primary, fallback) and the API. Backoff
+waits go through a fake sleep, so no test really sleeps; the LLM timeouts are real (a few tenths of a second).
+"""
+
+import json
+import logging
+import random
+
+import httpx
+import pytest
+
+from mastery.agents.resilience import (
+    FallbackChat,
+    PriceTable,
+    RetryingChat,
+    RetryPolicy,
+    RunCost,
+    http_status,
+    llm_retryable,
+    load_price_table,
+    parse_price_table,
+    retry_call,
+    retrying_tool,
+)
+from mastery.agents.types import AgentResult, Step, Tool
+from mastery.core.errors import ConfigError
+from mastery.labs.l24_agent_api import (
+    EXAMPLE_PRICES,
+    FALLBACK_MODEL,
+    PRIMARY_MODEL,
+    demo_script,
+    demo_tools,
+    wait_result,
+)
+from mastery.llm.errors import LLMBadResponse, LLMModelNotFound, LLMServerDown, LLMTimeout
+from mastery.llm.scripted import Fault, ScriptedLLM, create_scripted_app
+from mastery.serving.server import ServerThread
+
+
+# -- backoff, retries, fallbacks (no servers) ---------------------------------------------------------
+def test_backoff_is_exponential_with_full_jitter():
+    policy = RetryPolicy(attempts=6, base_s=0.5, max_s=3.0)
+    assert [policy.cap(k) for k in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    rng = random.Random(0)
+    delays = [[policy.delay(k, rng) for _ in range(300)] for k in range(1, 5)]
+    for k, d in enumerate(delays, start=1):
+        assert min(d) >= 0 and max(d) <= policy.cap(k)
+        assert max(d) > 0.8 * policy.cap(k) and min(d) < 0.2 * policy.cap(k)  # spread over [0, cap]: full jitter
+    with pytest.raises(ConfigError):
+        RetryPolicy(attempts=0).validate()
+
+
+def test_retry_call_retries_only_what_may_succeed():
+    sleeps: list[float] = []
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise LLMTimeout("slow")
+        return "ok"
+
+    policy = RetryPolicy(attempts=3, base_s=1.0, max_s=8.0)
+    assert retry_call(flaky, policy, retryable=llm_retryable, sleep=sleeps.append, rng=random.Random(1)) == "ok"
+    assert len(sleeps) == 2 and sleeps[0] <= 1.0 and sleeps[1] <= 2.0
+    calls["n"], sleeps[:] = -10, []
+    with pytest.raises(LLMTimeout):  # attempts run out: the last error is raised
+        retry_call(flaky, policy, retryable=llm_retryable, sleep=sleeps.append)
+    assert len(sleeps) == 2
+
+    def missing() -> str:
+        raise LLMModelNotFound("no such model")
+
+    sleeps.clear()
+    with pytest.raises(LLMModelNotFound):
+        retry_call(missing, policy, retryable=llm_retryable, sleep=sleeps.append)
+    assert sleeps == []  # not retried
+    calls["n"] = 0
+    with pytest.raises(LLMTimeout):  # a wait that would end past the deadline is not taken
+        retry_call(flaky, policy, retryable=llm_retryable, sleep=sleeps.append, deadline=0.5, clock=lambda: 0.0,
+                   rng=random.Random(3))
+    assert sleeps == [] or all(s < 0.5 for s in sleeps)
+
+
+@pytest.mark.parametrize(("error", "retry"), [
+    (LLMServerDown("refused"), True), (LLMTimeout("slow"), True),
+    (LLMBadResponse("LLM server at x answered HTTP 503: busy"), True),
+    (LLMBadResponse("LLM server at x answered HTTP 429: slow down"), True),
+    (LLMBadResponse("LLM server at x answered HTTP 400: bad request"), False),
+    (LLMBadResponse("unusable answer"), False), (LLMModelNotFound("model 'x' not found"), False),
+    (ValueError("a bug"), False)])
+def test_which_llm_errors_are_retried(error, retry):
+    assert llm_retryable(error) is retry
+
+
+class FakeChat:
+    def __init__(self, name: str, failures: list[Exception]) -> None:
+        self.name, self.failures, self.calls = name, list(failures), 0
+
+    def chat(self, messages, **kwargs):
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        from mastery.llm.client import Completion
+
+        return Completion(text=f"from {self.name}", prompt_tokens=10, completion_tokens=2, latency_s=0.0,
+                          time_to_first_token_s=None, model=self.name)
+
+
+def test_retrying_chat_then_fallback_sticks():
+    sleeps: list[float] = []
+    primary = FakeChat("p", [LLMTimeout("t")] * 3)
+    policy = RetryPolicy(attempts=3, base_s=0.1)
+    chat = FallbackChat([RetryingChat(primary, policy, name="p", sleep=sleeps.append),
+                         RetryingChat(FakeChat("f", []), policy, name="f", sleep=sleeps.append)])
+    assert chat.chat("hi").text == "from f"
+    assert chat.chat("again").text == "from f"  # sticky: the failed primary is not asked again in this run
+    assert primary.calls == 3 and len(sleeps) == 2
+    assert chat.backend == "f" and chat.fallbacks == 2 and chat.backends[0].retries == 2
+    assert chat.usage == {"f": {"prompt_tokens": 20, "completion_tokens": 4, "calls": 2}}
+
+    recovering = RetryingChat(FakeChat("p", [LLMBadResponse("answered HTTP 503: x")]), policy, sleep=sleeps.append)
+    assert recovering.chat("hi").text == "from p" and recovering.retries == 1 and len(recovering.errors) == 1
+    dead = FallbackChat([FakeChat("a", [LLMModelNotFound("gone")]), FakeChat("b", [LLMServerDown("down")])],
+                        names=["a", "b"])
+    with pytest.raises(LLMServerDown):
+        dead.chat("hi")
+    assert len(dead.errors) == 2
+
+
+def test_retrying_tool_retries_idempotent_tools_only():
+    from mastery.agents.tools import call_tool
+
+    attempts = {"n": 0}
+
+    def flaky(args):
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise ConnectionError("blip")
+        return "fine"
+
+    tool = Tool("t", "d", {"type": "object", "properties": {}}, flaky, timeout_s=1.0)
+    seen = []
+    wrapped = retrying_tool(tool, RetryPolicy(attempts=2, base_s=0.01), sleep=lambda s: None,
+                            on_retry=lambda name, a, e: seen.append((name, a)))
+    assert call_tool(wrapped, {}) == "fine" and seen == [("t", 1)] and wrapped.timeout_s > tool.timeout_s
+    once = Tool("t", "d", {"type": "object", "properties": {}}, flaky, idempotent=False)
+    assert retrying_tool(once, RetryPolicy(attempts=3)) is once
+
+
+def test_price_table_files_and_costs(tmp_path, monkeypatch):
+    toml = tmp_path / "prices.toml"
+    toml.write_text('[models."gpt-4o-mini"]\nprompt_per_1m = 0.15\ncompletion_per_1m = 0.60\n'
+                    '[models."claude-*"]\nprompt_per_1m = 1.0\ncompletion_per_1m = 5.0\n')
+    table = load_price_table(toml)
+    assert table.cost("gpt-4o-mini", 1_000_000, 1_000_000) == pytest.approx(0.75)
+    assert table.lookup("claude-3-5-haiku")[1] and not table.lookup("qwen")[1] and table.cost("qwen", 10**6, 0) == 0
+    as_json = tmp_path / "prices.json"
+    as_json.write_text(json.dumps(EXAMPLE_PRICES))
+    monkeypatch.setenv("MASTERY_PRICE_TABLE", str(as_json))
+    assert load_price_table().models["gpt-4o"].completion_per_1m == 10.0
+    assert load_price_table(env={}) == PriceTable()
+    for bad in ('{"models": {"x": {"prompt_per_1m": -1}}}', '{"modles": {}}', '{"models": {"x": {"usd": 1}}}', "{"):
+        as_json.write_text(bad)
+        with pytest.raises(ConfigError):
+            load_price_table(as_json)
+    with pytest.raises(ConfigError):
+        load_price_table(tmp_path / "missing.toml")
+    result = AgentResult("q", "answered", "a", steps=[Step(1, "final", prompt_tokens=1000, completion_tokens=500)],
+                         backend="gpt-4o-mini")
+    cost = RunCost.from_result(result, parse_price_table(EXAMPLE_PRICES))
+    assert cost.total_tokens == 1500 and cost.usd == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
+
+
+# -- the scripted LLM server -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llms():
+    primary, fallback = ScriptedLLM(demo_script(), model=PRIMARY_MODEL), ScriptedLLM(demo_script(),
+                                                                                     model=FALLBACK_MODEL)
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # the dropped connection's traceback
+    with ServerThread(create_scripted_app(primary)) as p, ServerThread(create_scripted_app(fallback)) as f:
+        yield primary, fallback, p.url, f.url
+
+
+def test_scripted_server_faults(llms):
+    from mastery.llm.client import LLMClient
+    from mastery.llm.settings import load_settings
+
+    primary, _, url, _ = llms
+    client = LLMClient(load_settings(env={}, backend="openai", base_url=url + "/v1", model=PRIMARY_MODEL,
+                                     timeout_s=0.3), verify_model=False)
+    assert client.models() == [PRIMARY_MODEL]
+    answer = client.chat("What is 17 * 23?", tools=[t.openai_schema() for t in demo_tools()])
+    assert answer.tool_calls[0]["name"] == "calculator" and answer.prompt_tokens > 0
+    expected = {"http_500": LLMBadResponse, "http_503": LLMBadResponse, "drop": LLMServerDown, "delay": LLMTimeout}
+    try:
+        for kind, error in expected.items():
+            primary.set_faults([Fault(kind, first=1, delay_s=0.6)])  # type: ignore[arg-type]
+            with pytest.raises(error) as info:
+                client.chat("hi")
+            assert llm_retryable(info.value)
+            assert client.chat("hi").text  # only the first call fails
+        assert http_status(LLMBadResponse("answered HTTP 503: x")) == 503
+        primary.set_faults([Fault("http_503", every=2)])
+        outcomes = []
+        for _ in range(4):
+            try:
+                client.chat("hi")
+                outcomes.append("ok")
+            except LLMBadResponse:
+                outcomes.append("503")
+        assert outcomes == ["ok", "503", "ok", "503"] and primary.outcomes == {"ok": 2, "http_503": 2}
+    finally:
+        primary.set_faults([])
+
+
+# -- the agent API over HTTP ----------------------------------------------------------------------
+def _app(db, p_url, f_url, workers=2, queue_limit=32):
+    from mastery.agents.resilience import parse_price_table
+    from mastery.serving.agent_api import AgentAPISettings, create_app
+    from mastery.serving.agent_runs import BackendSpec, RunnerSettings
+
+    backends = [BackendSpec("primary", p_url + "/v1", PRIMARY_MODEL, timeout_s=0.3),
+                BackendSpec("fallback", f_url + "/v1", FALLBACK_MODEL, timeout_s=0.3)]
+    runner = RunnerSettings(backends=backends, tools=demo_tools(), agent_mode="native",
+                            prices=parse_price_table(EXAMPLE_PRICES),
+                            workers=workers, queue_limit=queue_limit, llm_retry=RetryPolicy(attempts=3, base_s=0.01),
+                            tool_retry=RetryPolicy(attempts=2, base_s=0.01), sleep=lambda s: None)
+    return create_app(AgentAPISettings(db_path=db, runner=runner, default_timeout_s=20.0))
+
+
+@pytest.fixture(scope="module")
+def api(llms, tmp_path_factory):
+    db = tmp_path_factory.mktemp("agent-api") / "runs.db"
+    app = _app(db, llms[2], llms[3])
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, trust_env=False, timeout=30.0) as client:
+        yield client, db
+    app.state.close()
+
+
+def _run(client, body, headers=None):
+    created = client.post("/runs", json=body, headers=headers or {})
+    assert created.status_code == 202, created.text
+    steps, result = wait_result(client, created.json()["id"])
+    return steps, result
+
+
+def test_normal_run_streams_the_stored_steps_and_costs(api):
+    client, _ = api
+    steps, result = _run(client, {"question": "What is 17 * 23?"}, {"X-Request-ID": "t-req-1"})
+    stored = client.get(f"/runs/{result['id']}").json()
+    assert result == stored and steps == stored["steps"]
+    assert stored["status"] == "answered" and stored["answer"] == "391" and stored["backend"] == "primary"
+    assert [s["kind"] for s in steps] == ["tool", "final"] and steps[0]["observation"] == "391"
+    assert stored["request_id"] == "t-req-1" and stored["llm_retries"] == stored["fallbacks"] == 0
+    cost = stored["cost"]
+    assert cost["total_tokens"] > 0 and cost["models"][PRIMARY_MODEL]["listed"]
+    assert cost["usd"] == pytest.approx((cost["prompt_tokens"] * 0.15 + cost["completion_tokens"] * 0.60) / 1e6)
+    resumed, again = wait_result(client, result["id"], after=1)  # Last-Event-ID: 1
+    assert resumed == steps[1:] and again == stored
+    pricing = client.get("/pricing").json()
+    assert pricing["backends"] == {"primary": PRIMARY_MODEL, "fallback": FALLBACK_MODEL}
+    assert client.get("/health").json()["tools"] == ["calculator", "lookup"]
+
+
+def test_primary_timeout_falls_back_and_503s_are_retried(api, llms):
+    client, _ = api
+    primary = llms[0]
+    try:
+        primary.set_faults([Fault("delay", delay_s=0.8)])
+        _, result = _run(client, {"question": "What is 17 * 23? [timeout]"})
+        assert result["status"] == "answered" and result["backend"] == "fallback"
+        assert result["fallbacks"] == 2 and result["llm_retries"] == 2
+        assert result["cost"]["models"][FALLBACK_MODEL]["usd"] == 0 and len(result["errors"]) == 3
+        primary.set_faults([Fault("http_503", first=2)])
+        _, result = _run(client, {"question": "What is 17 * 23? [flaky]"})
+        assert (result["backend"], result["llm_retries"], result["fallbacks"]) == ("primary", 2, 0)
+        assert all("HTTP 503" in e for e in result["errors"])
+    finally:
+        primary.set_faults([])
+
+
+def test_failing_tool_and_deadline(api, llms):
+    client, _ = api
+    _, result = _run(client, {"question": "Look it up [lookup]", "tools": ["lookup"]})
+    assert result["status"] == "answered" and result["tool_retries"] == 1
+    assert result["steps"][0]["kind"] == "tool_error" and "down" in result["steps"][0]["observation"]
+    try:
+        llms[0].set_faults([Fault("delay", delay_s=0.2)])  # slow but within the 0.3 s client timeout
+        _, result = _run(client, {"question": "count [slow]", "max_steps": 12, "timeout_s": 1.0})
+        assert result["status"] == "timed_out" and 1 <= len(result["steps"]) < 12 and result["wall_s"] < 3
+    finally:
+        llms[0].set_faults([])
+
+
+def test_idempotency_and_bad_requests(api, caplog):
+    client, _ = api
+    body = {"question": "What is 17 * 23? [idem]", "max_steps": 3}
+    first = client.post("/runs", json=body, headers={"Idempotency-Key": "key-1"})
+    again = client.post("/runs", json=body, headers={"Idempotency-Key": "key-1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"] and again.json()["created"] is False
+    other = client.post("/runs", json={**body, "max_steps": 4}, headers={"Idempotency-Key": "key-1"})
+    assert other.status_code == 409 and "Idempotency-Key" in other.json()["error"]
+    wait_result(client, first.json()["id"])
+    cases = [({"question": ""}, "question"), ({"question": "x", "max_steps": 0}, "max_steps"),
+             ({"question": "x", "tools": ["shell"]}, "tools.0"), ({"question": "x", "timeout_s": 1e9}, "timeout_s"),
+             ({"question": "x", "priority": 1}, "priority"), ({}, "question")]
+    for payload, field in cases:
+        r = client.post("/runs", json=payload)
+        assert r.status_code == 422 and field in r.json()["error"], (payload, r.text)
+    r = client.post("/runs", json=body, headers={"Idempotency-Key": "k" * 201})
+    assert r.status_code == 422 and "Idempotency-Key" in r.json()["error"]
+    assert client.post("/runs", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+    assert client.get("/runs/" + "0" * 32).status_code == 404
+    assert client.get("/runs/" + "0" * 32 + "/events").status_code == 404
+    assert client.get("/runs/not-an-id").status_code == 404
+
+
+def test_structured_logs_carry_request_and_run_ids(api, caplog):
+    from mastery.serving.logs import JsonFormatter
+
+    client, _ = api
+    with caplog.at_level(logging.INFO):
+        _, result = _run(client, {"question": "What is 17 * 23? [logs]"}, {"X-Request-ID": "t-logs-1"})
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records
+             if r.name in ("mastery.serving.agent", "mastery.serving.access")]
+    events = {ln.get("event") for ln in lines if ln.get("run_id") == result["id"]}
+    assert {"run_started", "run_step", "run_finished"} <= events
+    assert any(ln.get("request_id") == "t-logs-1" and ln.get("event") == "run_finished" for ln in lines)
+    assert any(ln.get("request_id") == "t-logs-1" and ln.get("path") == "/runs" for ln in lines)
+
+
+def test_queue_full_is_429_and_restart_keeps_runs(llms, tmp_path):
+    from mastery.serving.agent_runs import RunStore
+
+    db = tmp_path / "runs.db"
+    app = _app(db, llms[2], llms[3], workers=1, queue_limit=0)
+    try:
+        llms[0].set_faults([Fault("delay", delay_s=0.25)])
+        with ServerThread(app) as server, httpx.Client(base_url=server.url, trust_env=False, timeout=30) as client:
+            busy = client.post("/runs", json={"question": "What is 17 * 23?"}).json()["id"]
+            refused = client.post("/runs", json={"question": "What is 17 * 23? again"},
+                                  headers={"Idempotency-Key": "refused-1"})
+            assert refused.status_code == 429 and refused.headers["retry-after"]
+            _, done = wait_result(client, busy)
+            accepted = client.post("/runs", json={"question": "What is 17 * 23? again"},
+                                   headers={"Idempotency-Key": "refused-1"})  # the refused key was not kept
+            assert accepted.status_code == 202
+            _, second = wait_result(client, accepted.json()["id"])
+    finally:
+        llms[0].set_faults([])
+        app.state.close()
+    store = RunStore(db)  # a run stored but never run: what a crash between POST and the worker leaves behind
+    orphan, _ = store.create("never ran", {"max_steps": 2, "timeout_s": 5.0, "tools": ["calculator"]}, "", None, "h")
+    store.close()
+    app = _app(db, llms[2], llms[3])
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, trust_env=False, timeout=30) as client:
+        assert client.get(f"/runs/{busy}").json() == done
+        assert client.get(f"/runs/{second['id']}").json()["answer"] == "391"
+        interrupted = client.get(f"/runs/{orphan}").json()
+        assert interrupted["status"] == "interrupted" and "interrupted" in interrupted["reason"]
+        _, replay = wait_result(client, orphan)  # its stream ends at once with the result
+        assert replay["status"] == "interrupted"
+    app.state.close()
+
+
+def test_fuzz_finds_no_server_errors(api):
+    from mastery.serving.fuzz import fuzz_api
+
+    client, _ = api
+    result = fuzz_api(str(client.base_url).rstrip("/"), max_examples=6, seed=0)
+    assert result.cases > 20
+    assert result.server_errors == 0, [o.examples for o in result.operations if o.server_errors]
+    assert not result.failures(), [o.examples for o in result.operations if o.failures]
+
+
+def test_cli_registers_serve_agent():
+    import argparse
+
+    from mastery.serving.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"), argparse.ArgumentParser)
+    args = parser.parse_args(["serve", "agent", "--port", "8011", "--fallback-url", "http://127.0.0.1:9/v1"])
+    assert args.port == 8011 and args.fallback_url.endswith("/v1") and args.db.endswith(".db")
