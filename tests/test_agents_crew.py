@@ -8,7 +8,16 @@ import json
 import httpx
 import pytest
 
-from mastery.agents.crew.crew import CrewSettings, find_cited, parse_verdict, run_crew, usable_report
+from mastery.agents.crew.crew import (
+    CrewSettings,
+    copied_fraction,
+    find_cited,
+    manager_objections,
+    parse_verdict,
+    run_crew,
+    strip_prompt_echo,
+    usable_report,
+)
 from mastery.agents.crew.fake import ScriptedChat
 from mastery.agents.crew.llm import OFFLINE_ENV, react_from_json_call
 from mastery.agents.crew.search import (
@@ -138,6 +147,22 @@ def test_crew_revise_then_approve_records_everything():
     assert r.llm_calls == sum(a["calls"] for a in r.per_agent.values()) == 6
     assert r.crewai_usage["total_tokens"] == r.prompt_tokens + r.completion_tokens > 0
     assert r.format_repairs >= 3 and json.loads(json.dumps(r.to_dict()))["approved"] is True
+
+
+def test_manager_checks_catch_what_a_lenient_critic_approves():
+    sources = [{"citation": "T1053.005", "text": "Adversaries may abuse the Windows Task Scheduler to perform task "
+                "scheduling for initial or recurring execution of malicious code."}]
+    pasted = "Adversaries may abuse the Windows Task Scheduler to perform task scheduling for initial or recurring."
+    assert copied_fraction(pasted, [sources[0]["text"]]) == 1.0
+    assert copied_fraction("Attackers schedule tasks to run their code again [T1053.005].", [sources[0]["text"]]) == 0
+    objections = manager_objections(pasted + " Sources: [T9999]", sources)
+    assert [o.split(" ")[0] for o in objections] == ["cite", "remove", "remove", "80%"]
+    assert manager_objections("Attackers schedule tasks to run code again and again [T1053.005].", sources) == []
+    echoed = ("This is the expected criteria for your final answer: The corrected report. You MUST return the actual "
+              "complete content as the final answer, not a summary. Attackers schedule tasks [T1053.005].")
+    assert strip_prompt_echo(echoed, "The corrected report.") == "Attackers schedule tasks [T1053.005]."
+    bracketed = "[This is the expected criteria for your final answer: A report. Facts [T1]."
+    assert strip_prompt_echo(bracketed, "A report.") == "Facts [T1]."
 
 
 def test_crew_respects_the_round_bound():

@@ -100,6 +100,8 @@ def _usable(r: Any) -> bool:
 
 
 def _report(report: Report, config: Config, results: list[Any], fault: Any, source: str) -> None:
+    from mastery.agents.crew.crew import find_cited, manager_objections
+
     n = len(results)
     completed = report.metric("runs_completed", sum(_usable(r) for r in results))
     rate = report.metric("completion_rate", completed / n)
@@ -109,6 +111,9 @@ def _report(report: Report, config: Config, results: list[Any], fault: Any, sour
     cite = report.metric("citation_rate", sum(bool(r.cited) for r in results) / n)
     report.metric("invalid_citations", sum(len(r.invalid_citations) for r in results))
     report.metric("approval_rate", sum(r.approved for r in results) / n)
+    report.metric("manager_overrides", sum(r.overrides for r in results))
+    report.metric("clean_report_rate", sum(not manager_objections(r.final_report, r.sources) for r in results
+                                           if r.final_report) / n)
     report.metric("model_search_rate", sum(any(c["by"] == "model" and c["ids"] for c in r.tool_calls)
                                            for r in results) / n)
     report.metric("fallback_searches", sum(r.fallback_search for r in results))
@@ -118,8 +123,6 @@ def _report(report: Report, config: Config, results: list[Any], fault: Any, sour
     report.metric("mean_prompt_tokens_per_run", statistics.fmean(r.prompt_tokens for r in results))
     # One review instead of N: a rounds=1 run asks exactly the same prompts up to the first verdict and then
     # stops (temperature 0, seed 0), so its outcome is the prefix of this run: first draft, first verdict.
-    from mastery.agents.crew.crew import find_cited
-
     report.metric("one_round_approval_rate", sum(bool(r.verdicts) and r.verdicts[0] == "APPROVE" for r in results) / n)
     report.metric("one_round_citation_rate", sum(bool(r.drafts) and bool(find_cited(r.drafts[0], r.sources)[0])
                                                  for r in results) / n)
@@ -142,6 +145,10 @@ def _report(report: Report, config: Config, results: list[Any], fault: Any, sour
                  f"share of topics ending with a usable report >= {config.min_completion_rate}", rate)
     report.check("citation_rate", cite >= config.min_citation_rate,
                  f"share of final reports citing a retrieved source >= {config.min_citation_rate}", cite)
+    clean = report.metrics["clean_report_rate"]
+    report.check("reports_pass_manager_checks", clean >= 0.6, "share of final reports the manager finds nothing "
+                 "wrong with (a retrieved source cited, no unknown IDs, no prompt echo, not pasted from the "
+                 "sources) >= 0.6", clean)
     if fault is not None:
         ok = fault.status in CLEAR_STATES and fault.status != "approved" and bool(fault.reason)
         report.check("garbage_model_ends_cleanly", ok, "a model answering garbage ends in a non-approved state "
@@ -211,6 +218,10 @@ def _notes(report: Report, config: Config, results: list[Any], source: str) -> N
                 f"{m['citation_rate']:.0%} of final reports cite a source the searches returned "
                 f"({m['one_round_citation_rate']:.0%} of first drafts); {m['invalid_citations']:.0f} technique "
                 "IDs were cited that no search returned.")
+    report.note(f"The manager's own checks (a retrieved source cited, no unknown IDs, no prompt echo, not pasted "
+                f"from the sources) overruled {m['manager_overrides']:.0f} critic approval(s); "
+                f"{m['clean_report_rate']:.0%} of final reports pass them. A 0.5B critic approves almost anything, "
+                "so the approval rate alone says little; the overrides are where revision rounds get used.")
     report.note(f"The model's own kb_search call succeeded in {m['model_search_rate']:.0%} of runs; "
                 f"{m['fallback_searches']:.0f} run(s) needed the manager's fallback search. The adapter repaired "
                 f"{m['format_repairs']:.0f} replies (a JSON tool call in the content rewritten to CrewAI's Action "

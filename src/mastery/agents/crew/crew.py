@@ -14,8 +14,10 @@ critic). A code manager makes the flow reliable and every bound explicit:
    (``fallback_search``), so later agents still get sources, and says so in the result.
 2. draft: the summariser writes a short report citing the source IDs it was given.
 3. review, at most ``rounds`` times: the critic answers ``VERDICT: APPROVE`` or ``VERDICT: REVISE`` with
-   notes (parsed tolerantly; an unreadable verdict counts as REVISE); on REVISE with rounds left, the
-   critic as editor rewrites the report using its notes.
+   notes (parsed tolerantly; an unreadable verdict counts as REVISE). The manager then runs its own
+   checks (:func:`manager_objections`: a retrieved source cited, no unknown IDs, no prompt echo, not
+   pasted from the sources) and turns an APPROVE into REVISE when they fail; on REVISE with rounds left,
+   the critic as editor rewrites the report using both sets of notes.
 
 Every failure of the small model (unparseable tool calls, loops, empty output, a server error) ends in a
 :class:`CrewResult` with a status and a one-line reason: never an exception from ``run_crew``, never a hang
@@ -42,6 +44,20 @@ _TECHNIQUE = re.compile(r"\bT\d{4}(?:\.\d{3})?\b")
 _BARE_ID = re.compile(r"\[\s*(\d{4}(?:\.\d{3})?)\s*\]")
 _APPROVE = re.compile(r"\b(?:approve[ds]?|approval|accept(?:ed)?|lgtm|looks good|no (?:further )?changes)\b", re.I)
 _REVISE = re.compile(r"\b(?:revise[ds]?|revision|reject(?:ed)?|needs? (?:work|changes)|not approved?)\b", re.I)
+_PROMPT_ECHO = re.compile(r"(?:expected criteria|expected output|Sources:|Research notes:|Final Answer|Thought:|"
+                          r"Action Input|your job depends)", re.I)
+# CrewAI wraps each task in "This is the expected criteria for your final answer: ... not a summary."; the
+# small model often repeats that wrapper before its answer. It is never content, so the manager drops it.
+_ECHO_HEAD = r"\[?\s*This is the expected criteria for your final answer:\s*"
+_ECHO_TAIL = r"\s*(?:You MUST return the actual complete content as the final answer, not a summary\.)?\s*"
+
+
+def strip_prompt_echo(text: str, expected: str) -> str:
+    """``text`` without CrewAI's task wrapper (with this task's ``expected`` output) that the model repeated."""
+    return re.sub(_ECHO_HEAD + re.escape(expected.strip()) + _ECHO_TAIL, "", text or "", flags=re.I).strip()
+
+_WORD = re.compile(r"[a-z0-9]+")
+COPY_LIMIT = 0.6  # share of a report's 8-word runs found verbatim in the sources above which it is a paste
 _VERDICT = re.compile(r"verdict\s*[:\-=]?\s*\**\s*(approve|approved|revise|revision|reject)", re.I)
 
 
@@ -86,6 +102,7 @@ class CrewResult:
     crewai_usage: dict[str, int] = field(default_factory=dict)  # CrewAI's own UsageMetrics totals
     per_agent: dict[str, dict[str, float]] = field(default_factory=dict)  # calls, tokens, wall_s per agent
     format_repairs: int = 0  # model replies the adapter rewrote (JSON tool call, missing "Final Answer:")
+    overrides: int = 0  # critic APPROVEs the manager turned into REVISE because its own checks failed
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -127,6 +144,39 @@ def find_cited(text: str, sources: list[dict[str, str]]) -> tuple[list[str], lis
         rf"(?<![\w.]){re.escape(s['citation'])}(?!\w|\.\d)", text)]
     invalid = sorted({t for t in _TECHNIQUE.findall(text) if t not in known})
     return sorted(set(cited)), invalid
+
+
+def copied_fraction(report: str, passages: list[str], n: int = 8) -> float:
+    """Share of the report's n-word runs that appear word for word in the passages (0: own words, 1: pasted)."""
+    def shingles(text: str) -> set[tuple[str, ...]]:
+        words = _WORD.findall(text.lower())
+        return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+    mine = shingles(report)
+    if not mine:
+        return 0.0
+    theirs = set().union(*(shingles(p) for p in passages)) if passages else set()
+    return len(mine & theirs) / len(mine)
+
+
+def manager_objections(report: str, sources: list[dict[str, str]]) -> list[str]:
+    """What the manager's own checks find wrong with a report, each an instruction the editor can follow.
+
+    The small critic approves almost anything; these checks are cheap, deterministic and catch what it
+    misses: no citation, IDs no search returned, prompt text echoed back, sources pasted instead of summarised."""
+    objections = []
+    cited, invalid = find_cited(report, sources)
+    if not cited:
+        objections.append("cite at least one source id from the sources in []")
+    if invalid:
+        objections.append(f"remove ids no search returned: {', '.join(invalid)}")
+    if _PROMPT_ECHO.search(report or ""):
+        objections.append("remove the instructions copied from the prompt")
+    copied = copied_fraction(report, [src.get("text", "") for src in sources])
+    if copied > COPY_LIMIT:
+        objections.append(f"{copied:.0%} of the report is copied word for word from the sources: summarise "
+                          "in your own words")
+    return objections
 
 
 def usable_report(text: str, min_words: int = 6) -> bool:
@@ -226,7 +276,7 @@ def run_crew(topic: str, chat_model: Any, backend: SearchBackend, settings: Crew
         try:
             out = Crew(agents=[agents[agent]], tasks=[task], process=Process.sequential, verbose=False,
                        tracing=False).kickoff()
-            text = (out.raw or "").strip()
+            text = strip_prompt_echo(out.raw or "", expected)
         except Exception as exc:  # CrewAI raises plain exceptions (ValueError on empty LLM output, ...)
             result.errors.append(f"{stage}: {type(exc).__name__}: {str(exc)[:200]}")
             log.warning("event=crew_stage_failed stage=%s error=%s", stage, result.errors[-1])
@@ -271,14 +321,20 @@ def run_crew(topic: str, chat_model: Any, backend: SearchBackend, settings: Crew
                          "then notes.", f"review {review}")
             if reply is None:
                 break
-            result.verdicts.append(parse_verdict(reply))
-            result.critic_notes.append(reply[:600])
+            verdict, objections = parse_verdict(reply), manager_objections(current, result.sources)
+            if verdict == "APPROVE" and objections:  # the manager overrules an approval its checks disagree with
+                verdict, result.overrides = "REVISE", result.overrides + 1
+            if objections:
+                reply = f"{reply[:400]}\n[manager] " + "; ".join(objections)
+            result.verdicts.append(verdict)
+            result.critic_notes.append(reply[:700])
             if result.verdicts[-1] == "APPROVE":
                 result.status, result.reason = "approved", f"the critic approved in review {review}"
                 break
             if review == s.rounds:
                 result.status = "max_rounds"
-                result.reason = f"not approved after {s.rounds} review(s); the last draft is the report"
+                result.reason = (f"not approved after {s.rounds} review(s); the last draft is the report"
+                                 + (f" ({'; '.join(objections)})" if objections else ""))
                 break
             edited = turn("critic", f"Sources:\n{sources}\nReport:\n{current}\nReviewer notes: {reply[:500]}\n"
                           "Rewrite the report fixing these points. 3 to 5 sentences, cite source ids in [].",
