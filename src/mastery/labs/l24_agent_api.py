@@ -214,7 +214,7 @@ def _scenarios(report: Report, config: Config, url: str, primary: Any, progress:
     with httpx.Client(base_url=url, trust_env=False, timeout=60.0) as client:
         # one unreported warm-up run: the first run in a process pays for lazy imports in the OpenAI SDK
         wait_result(client, client.post("/runs", json={"question": "What is 6 * 7? [warm-up]"}).json()["id"])
-        for i, (name, question, faults, options, expected) in enumerate(SCENARIOS):
+        for name, question, faults, options, expected in SCENARIOS:
             primary.set_faults(_faults(config, faults))
             body = {"question": question, **options}
             if name == "run deadline":
@@ -237,7 +237,7 @@ def _scenarios(report: Report, config: Config, url: str, primary: Any, progress:
                          "fallbacks": stored["fallbacks"], "tool_retries": stored["tool_retries"],
                          "tokens": stored["cost"]["total_tokens"], "usd": stored["cost"]["usd"],
                          "latency_s": round(latency, 3), "sse_matches": same})
-            progress.step(i + 1)
+            progress.step()
     by = {r["scenario"]: r for r in rows}
     report.table("Scenarios (each run over HTTP; its SSE stream compared with GET /runs/{id})",
                  [{k: v for k, v in r.items() if k != "id"} for r in rows])
@@ -429,7 +429,7 @@ def _embedded(report: Report, config: Config, tmp: Path, prices: Any, progress: 
                              "tools": ", ".join(s["action"] for s in final["steps"] if s["action"]),
                              "tokens": final["cost"]["total_tokens"], "wall_s": round(final["wall_s"] or 0, 2)})
                 report.timing(f"embedded_run_s_{i}", final["wall_s"] or 0.0)
-                progress.step(i + 1)
+                progress.step()
         app.state.close()
     n = len(EMBEDDED_QUESTIONS)
     report.device += f"; embedded LLM: llama.cpp, {where}"
