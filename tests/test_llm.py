@@ -242,3 +242,34 @@ def test_open_client_autostarts_and_stops_an_embedded_server(monkeypatch):
         os.kill(pid, 0)  # the child is gone, not a zombie: stop() waited for it
     with pytest.raises(LLMServerDown):
         LLMClient(load_settings({}, base_url=llm.base_url)).chat("hi")
+
+
+def test_serve_answers_to_the_name_of_the_model_it_serves(monkeypatch, capsys):
+    """`mastery llm serve --model X` must list X in /v1/models, or clients asking for X are told it is missing."""
+    import mastery.llm.server as server_module
+    from mastery.cli import main
+
+    seen: dict = {}
+
+    class FakeServer:
+        device, url, pid, log_path = "cpu", "http://127.0.0.1:1/v1", 1, "log"
+
+        def __init__(self, model, **kwargs):
+            seen.update(kwargs, model=model)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def wait(self):
+            return 0
+
+    import signal
+
+    monkeypatch.setattr(server_module, "EmbeddedServer", FakeServer)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # serve installs process-wide handlers
+    assert main(["llm", "serve", "--model", "qwen2.5-coder-1.5b-instruct-q4_k_m", "--port", "0"]) == 0
+    assert seen["model"] == seen["alias"] == "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    assert "MASTERY_LLM_MODEL=qwen2.5-coder-1.5b-instruct-q4_k_m" in capsys.readouterr().out

