@@ -235,29 +235,16 @@ def _kb_retriever(collection: str) -> Any | None:
 
 def attack_retriever(max_chars: int | None = None) -> Any:
     """BM25 + MiniLM fused by reciprocal rank (L20) over every current ATT&CK technique."""
+    from mastery.assets.store import cache_dir
+    from mastery.core.runtime import torch_device
     from mastery.retrieval.attack import technique_documents
-    from mastery.retrieval.bm25 import BM25Retriever
-    from mastery.retrieval.hybrid import DenseRetriever, HybridRetriever, embed_documents
+    from mastery.retrieval.hybrid import technique_search
     from mastery.text.embed import load_sentence_model
 
     docs = technique_documents(max_chars=max_chars)
-    model = load_sentence_model("all-minilm-l6-v2", device=_embed_device(), max_seq_length=256)
-    from mastery.assets.store import cache_dir
-
-    emb = embed_documents(model, docs, cache_dir=cache_dir() / "agents")  # (N, 384), cached by content
+    model = load_sentence_model("all-minilm-l6-v2", device=torch_device(), max_seq_length=256)
     log.info("kb_search: in-memory ATT&CK hybrid index over %d techniques", len(docs))
-    # heading_boost / id_weight as tuned in L20: a technique ID or name in the query should win
-    return HybridRetriever([BM25Retriever(docs, heading_boost=3, id_weight=3.0), DenseRetriever(docs, model, emb)],
-                           depth=20)
-
-
-def _embed_device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    return technique_search(docs, model, cache_dir=cache_dir() / "agents")  # embeddings cached by content
 
 
 def format_hits(hits: Sequence[Any], max_chars: int = 160) -> str:

@@ -14,6 +14,7 @@ import html
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -75,8 +76,7 @@ class KBSearch:
             return False
 
     def _build_retriever(self) -> Any:
-        from mastery.retrieval.bm25 import BM25Retriever
-        from mastery.retrieval.hybrid import HybridRetriever
+        from mastery.retrieval.hybrid import technique_search
 
         docs = self._documents
         if docs is None:
@@ -85,20 +85,14 @@ class KBSearch:
             docs = technique_documents(max_chars=self.max_chars)
         if not docs:
             raise SearchError("the offline search has no documents to search")
-        # heading_boost/id_weight: an ATT&CK heading ("T1053.005 Scheduled Task/Job: Scheduled Task") and an
-        # exact technique ID deserve more than one incidental word in a long description.
-        retrievers: list[Any] = [BM25Retriever(docs, heading_boost=3, id_weight=3.0)]
+        model = None
         if self.dense:
-            from pathlib import Path
-
-            from mastery.retrieval.hybrid import DenseRetriever, embed_documents
+            from mastery.core.runtime import torch_device
             from mastery.text.embed import load_sentence_model
 
-            model = load_sentence_model("all-minilm-l6-v2")
-            emb = embed_documents(model, docs, cache_dir=Path(self.embed_cache) if self.embed_cache else None)
-            retrievers.append(DenseRetriever(docs, model, embeddings=emb))
+            model = load_sentence_model("all-minilm-l6-v2", device=torch_device())
         self.source = f"hybrid:{len(docs)} docs ({'bm25+dense' if self.dense else 'bm25'})"
-        return HybridRetriever(retrievers, depth=20)
+        return technique_search(docs, model, cache_dir=Path(self.embed_cache) if self.embed_cache else None)
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         query = _check(query, k)
