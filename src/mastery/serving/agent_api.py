@@ -45,8 +45,7 @@ from mastery.serving.agent_schemas import (
     StepView,
     run_request_model,
 )
-from mastery.serving.logs import request_id_from
-from mastery.serving.predict_api import RequestContextMiddleware, _error_line, _field_errors
+from mastery.serving.http import RequestContextMiddleware, error_response, install_error_handlers, request_id
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,8 @@ def create_app(settings: AgentAPISettings) -> Any:
     require("sse_starlette", "serve")
     from fastapi import FastAPI, Header, Request
     from fastapi import Path as PathParam
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from sse_starlette.sse import EventSourceResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     settings.validate()
     if settings.runner.chat_factory is openai_chat:
@@ -128,13 +125,6 @@ def create_app(settings: AgentAPISettings) -> Any:
         store.close()
 
     app.state.close = close
-
-    def rid(request: Request) -> str:
-        return str(getattr(request.state, "request_id", "") or request_id_from(None))
-
-    def error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(ErrorResponse(error=message, request_id=rid(request)).model_dump(), status_code=status,
-                            headers=headers)
 
     def view(run_id: str) -> RunView | None:
         run = store.get(run_id)
@@ -157,19 +147,19 @@ def create_app(settings: AgentAPISettings) -> Any:
         params["tools"] = list(dict.fromkeys(params["tools"]))  # a tool named twice is still one tool
         digest = body_hash({"question": body.question, **params})
         try:
-            run_id, created = store.create(body.question, params, rid(request), idempotency_key, digest)
+            run_id, created = store.create(body.question, params, request_id(request), idempotency_key, digest)
         except IdempotencyConflict as exc:
-            return error(request, 409, str(exc))
+            return error_response(request, 409, str(exc))
         if created:
             try:
                 manager.submit(run_id)
             except QueueFull as exc:
                 store.delete(run_id)
-                return error(request, 429, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
+                return error_response(request, 429, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
         request.state.log_fields = {"run_id": run_id, "created": created}
         run = store.get(run_id)
         assert run is not None
-        out = RunCreated(id=run_id, status=run["status"], created=created, request_id=rid(request),
+        out = RunCreated(id=run_id, status=run["status"], created=created, request_id=request_id(request),
                          links={"self": f"/runs/{run_id}", "events": f"/runs/{run_id}/events"})
         return JSONResponse(out.model_dump(), status_code=202 if created else 200,
                             headers={"Location": f"/runs/{run_id}"})
@@ -181,7 +171,7 @@ def create_app(settings: AgentAPISettings) -> Any:
     async def get_run(run_id: RunId, request: Request) -> Any:
         found = view(run_id)
         if found is None:
-            return error(request, 404, f"no run {run_id}")
+            return error_response(request, 404, f"no run {run_id}")
         request.state.log_fields = {"run_id": run_id, "run_status": found.status}
         return found
 
@@ -194,7 +184,7 @@ def create_app(settings: AgentAPISettings) -> Any:
     async def run_events(run_id: RunId, request: Request,
                          last_event_id: Annotated[str | None, Header(max_length=64)] = None) -> Any:
         if store.get(run_id) is None:
-            return error(request, 404, f"no run {run_id}")
+            return error_response(request, 404, f"no run {run_id}")
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         request.state.log_fields = {"run_id": run_id, "resume_after": after}
         return EventSourceResponse(_events(run_id, after, request), ping=15)
@@ -228,22 +218,5 @@ def create_app(settings: AgentAPISettings) -> Any:
         return Pricing(**settings.runner.prices.to_dict(),
                        backends={b.name: b.model for b in settings.runner.backends})
 
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = _field_errors(list(exc.errors()))
-        for f in fields:  # header and path errors: name the header or parameter, not "header.idempotency_key"
-            f.field = f.field.removeprefix("header.").removeprefix("path.").replace("idempotency-key",
-                                                                                   "Idempotency-Key")
-        body = ErrorResponse(error=_error_line(fields), detail=fields, request_id=rid(request))
-        return JSONResponse(body.model_dump(), status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, rid(request))
-        return error(request, 500, f"internal error; the server log has request id {rid(request)}")
-
+    install_error_handlers(app, log)
     return app

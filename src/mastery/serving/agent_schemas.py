@@ -11,8 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from mastery.serving.schemas import ErrorResponse, FieldError
-from mastery.serving.schemas import _whole_number as whole_number
+from mastery.serving.schemas import ErrorResponse, FieldError, whole_number
 
 MAX_QUESTION_CHARS = 2000
 MAX_STEPS = 12

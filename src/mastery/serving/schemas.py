@@ -22,7 +22,7 @@ EXAMPLE_PASSENGER: dict[str, Any] = {
 }
 
 
-def _whole_number(value: Any) -> Any:
+def whole_number(value: Any) -> Any:
     # JSON Schema's "integer" includes 3.0 (and schemathesis sends it); strict pydantic ints do not.
     # Accept integral floats, leave everything else (bools, strings, 2.5) to the strict check.
     if isinstance(value, float) and value.is_integer():
@@ -30,7 +30,7 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+WholeNumber = Annotated[int, BeforeValidator(whole_number)]
 
 
 class Sex(StrEnum):
