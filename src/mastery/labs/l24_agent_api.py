@@ -392,27 +392,19 @@ EMBEDDED_QUESTIONS = [("What is 17 * 23 + 5?", "396"), ("What is (123 + 456) * 2
 
 def _embedded(report: Report, config: Config, tmp: Path, prices: Any, progress: Progress) -> None:
     """Real runs: the API over the embedded LLM (a running `mastery llm serve`, else one started here)."""
-    import contextlib
-
     import httpx
 
-    from mastery.llm.client import embedded_alias, server_healthy
+    from mastery.llm.client import open_client
     from mastery.llm.settings import load_settings
     from mastery.serving.agent_runs import BackendSpec
     from mastery.serving.server import ServerThread
 
     progress.stage("embedded LLM runs", len(EMBEDDED_QUESTIONS))
-    settings = load_settings()
-    with contextlib.ExitStack() as stack:
-        if server_healthy(settings.url):
-            url, where = settings.url, f"the running server at {settings.url}"
-        else:
-            from mastery.llm.server import EmbeddedServer
-
-            server = stack.enter_context(EmbeddedServer(settings.model_name, threads=settings.threads,
-                                                        ctx=settings.ctx, alias=embedded_alias(settings)))
-            url, where = server.url, f"an embedded server started by the lab ({server.device})"
-        backends = [BackendSpec("embedded", url, embedded_alias(settings), timeout_s=config.embedded_timeout_s)]
+    # open_client: the configured backend, a running `mastery llm serve`, else an embedded server for this block;
+    # the API gets its URL and model name and talks to it through its own clients
+    with open_client(load_settings()) as llm:
+        where = llm.device
+        backends = [BackendSpec("embedded", llm.base_url, llm.model, timeout_s=config.embedded_timeout_s)]
         app = _api(config, tmp / "embedded.db", backends, prices, agent_mode="text")
         rows, answered, correct = [], 0, 0
         with _quiet(), ServerThread(app) as api, \
@@ -432,7 +424,7 @@ def _embedded(report: Report, config: Config, tmp: Path, prices: Any, progress: 
                 progress.step()
         app.state.close()
     n = len(EMBEDDED_QUESTIONS)
-    report.device += f"; embedded LLM: llama.cpp, {where}"
+    report.device += f"; embedded LLM: {where}"
     report.table(f"Embedded LLM runs through the API ({where})", rows)
     report.metric("embedded_answered_rate", answered / n)
     report.metric("embedded_correct_rate", correct / n)
