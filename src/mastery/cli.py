@@ -15,6 +15,7 @@ from mastery.core.errors import MasteryError
 
 log = logging.getLogger("mastery")
 RESULTS_DIR = Path("docs/results")
+README = Path("README.md")
 DOMAIN_COMMANDS = ("mastery.vision.cli", "mastery.text.cli", "mastery.llm.cli", "mastery.retrieval.cli",
                    "mastery.agents.cli", "mastery.agents.support_cli", "mastery.agents.crew_cli",
                    "mastery.serving.cli")
@@ -65,7 +66,7 @@ def _progress(lab_id: str, args: argparse.Namespace):
 
 
 def cmd_labs_run(args: argparse.Namespace) -> int:
-    from mastery.core.index import write_results_index
+    from mastery.core.index import sync_readme_table, write_results_index
     from mastery.core.labs import load_lab, run_directory, run_lab, runs_root
 
     lab = load_lab(args.lab)
@@ -76,6 +77,8 @@ def cmd_labs_run(args: argparse.Namespace) -> int:
     if args.publish:
         report.publish(RESULTS_DIR)
         write_results_index(RESULTS_DIR)
+        if README.is_file():
+            sync_readme_table(README, RESULTS_DIR)
     ok = sum(c.passed for c in report.checks)
     _out(f"{lab.lesson.id} [{args.preset}] {report.wall_time_s:.1f}s on {report.device}: "
          f"checks {ok}/{len(report.checks)} passed")
@@ -104,6 +107,31 @@ def cmd_labs_show(args: argparse.Namespace) -> int:
         _out(recorded.read_text())
         return 0
     raise MasteryError(f"no report for {lesson.id} yet; run 'mastery labs run {lesson.id}' first")
+
+
+def cmd_labs_table(args: argparse.Namespace) -> int:
+    from mastery.core.index import labs_table, sync_readme_table
+
+    if args.write:
+        changed = sync_readme_table(README, RESULTS_DIR)
+        _out(f"{README}: {'updated' if changed else 'already up to date'}")
+    else:
+        _out(labs_table(RESULTS_DIR))
+    return 0
+
+
+def cmd_labs_check(args: argparse.Namespace) -> int:
+    import importlib
+
+    from mastery.core.contract import check_lab
+    from mastery.core.lessons import LESSONS, get_lesson
+
+    lessons = [get_lesson(args.lab)] if args.lab else [lesson for lesson in LESSONS if lesson.implemented]
+    problems = [p for lesson in lessons for p in check_lab(importlib.import_module(lesson.lab_module))]
+    for problem in problems:
+        _out(problem)
+    _out(f"{len(lessons)} lab(s) checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -250,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_labs_run)
+    p = lsub.add_parser("table", help="the README's lab table (headline metrics as recorded)")
+    p.add_argument("--write", action="store_true", help="rewrite the table in README.md")
+    p.set_defaults(func=cmd_labs_table)
+    p = lsub.add_parser("check", help="check labs against the lab contract (no datasets needed)")
+    p.add_argument("lab", nargs="?", help="one lab id (default: every implemented lab)")
+    p.set_defaults(func=cmd_labs_check)
     p = lsub.add_parser("show", help="print the latest report of a lab")
     p.add_argument("lab")
     p.add_argument("--out", default="runs")

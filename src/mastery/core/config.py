@@ -68,6 +68,38 @@ def field_types(config_cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
 
 
+def check_literals(config: Any) -> None:
+    """Every ``Literal[...]`` field of a config dataclass holds one of its values (one check for all labs,
+    instead of a hand-written ``if self.x not in (...)`` in each ``validate``)."""
+    for name, annotation in field_types(type(config)).items():
+        allowed = _literal_values(annotation)
+        value = getattr(config, name)
+        if allowed is not None and value not in allowed:
+            choices = ", ".join(str(a) for a in allowed if a is not None)
+            raise ConfigError(f"{name}={value!r}: expected one of {choices}")
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...] | None:
+    """The allowed values of ``Literal[...]`` or ``Literal[...] | None``; None for other types."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return args
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1 and typing.get_origin(inner[0]) is typing.Literal:
+            return (*typing.get_args(inner[0]), None)
+    return None
+
+
+def validate_config(config: Any) -> Any:
+    """Literal fields, then the config's own ``validate()`` when it has one; returns the config."""
+    check_literals(config)
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config
+
+
 def apply_overrides(config: Any, overrides: list[str] | dict[str, str]) -> Any:
     """Return a copy of ``config`` with ``key=value`` overrides applied and type-checked."""
     types_by_name = field_types(type(config))
@@ -86,11 +118,7 @@ def apply_overrides(config: Any, overrides: list[str] | dict[str, str]) -> Any:
             valid = ", ".join(sorted(types_by_name))
             raise ConfigError(f"--set {key}: unknown key; valid keys are: {valid}")
         changes[key] = parse_value(types_by_name[key], raw, key)
-    new = dataclasses.replace(config, **changes)
-    validate = getattr(new, "validate", None)
-    if callable(validate):
-        validate()
-    return new
+    return validate_config(dataclasses.replace(config, **changes))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

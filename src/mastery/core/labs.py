@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mastery.core.config import apply_overrides, config_to_dict
+from mastery.core.config import apply_overrides, config_to_dict, validate_config
 from mastery.core.errors import ConfigError, LabNotImplemented
 from mastery.core.lessons import Lesson, get_lesson
 from mastery.core.progress import NullProgress, Progress
@@ -63,6 +63,7 @@ def new_report(lesson_id: str, config: Any, preset: str = "custom") -> Report:
 
 def run_lab(lab: Lab, config: Any, preset: str, progress: Progress | None = None) -> Report:
     progress = progress or NullProgress()
+    validate_config(config)  # a config built in code gets the same checks as one from --set
     seed_everything(int(getattr(config, "seed", 0)))
     start = time.perf_counter()
     try:

@@ -9,8 +9,11 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
+
+Device = Literal["auto", "cpu", "cuda"]  # a lab's device field: auto = cuda when available, else cpu
 
 _TRACKED = ("numpy", "pandas", "scikit-learn", "xgboost", "shap", "torch", "torchvision", "mlflow", "ultralytics",
             "torchmetrics")

@@ -45,6 +45,9 @@ class Config:
             raise ConfigError("tree depths must be >= 1")
 
 
+# The numbers that summarise a run: the README table and the conformance test read them from here.
+HEADLINE = ("logreg_f1", "tree_f1", "logreg_roc_auc")
+
 PRESETS = {
     "tiny": Config(folds=3, curve_points=3, gd_max_iter=20_000),
     "full": Config(),

@@ -56,6 +56,9 @@ class Config:
             raise ConfigError("ridge_alphas must be positive")
 
 
+# The numbers that summarise a run: the README table and the conformance test read them from here.
+HEADLINE = ("linear_rmse_log", "xgb_rmse_log")
+
 PRESETS = {
     "tiny": Config(folds=3, rows=500, xgb_estimators=150, xgb_learning_rate=0.1, rf_estimators=30,
                    shap_rows=100, top_features=10, n_jobs=1, max_xgb_rmse=0.25, max_linear_rmse=0.25,

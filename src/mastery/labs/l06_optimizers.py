@@ -8,6 +8,7 @@ import numpy as np
 
 from mastery.core.progress import Progress
 from mastery.core.report import Report
+from mastery.core.runtime import Device
 
 # name -> (optimizer kind for build_optimizer, which lr field, cosine schedule?)
 CONTESTANTS: dict[str, tuple[str, str, bool]] = {
@@ -29,7 +30,7 @@ class Config:
     lr_adaptive: float = 1e-3  # Adam, RMSProp, Adam + cosine (annealed to 0 over all steps)
     train_size: int | None = 30_000  # a seeded subset of the 60,000 training images keeps it to minutes
     test_size: int | None = None
-    device: str = "auto"
+    device: Device = "auto"
     min_test_accuracy: float = 0.9  # every optimizer must reach this
     seed: int = 0
 
@@ -40,9 +41,11 @@ class Config:
             raise ConfigError("epochs, batch_size and hidden sizes must be >= 1")
         if min(self.lr_sgd, self.lr_adaptive) <= 0 or not 0 <= self.momentum < 1:
             raise ConfigError("learning rates must be > 0 and momentum in [0, 1)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
+
+# The numbers that summarise a run: the README table and the conformance test read them from here.
+HEADLINE = ("final_loss_sgd", "final_loss_sgd_momentum", "final_loss_adam", "final_loss_rmsprop",
+            "final_loss_adam_cosine")
 
 PRESETS = {
     "tiny": Config(hidden=(64,), epochs=1, batch_size=64, train_size=2000, test_size=1000,

@@ -40,6 +40,9 @@ class Config:
             raise ConfigError("epochs must be >= 1")
 
 
+# The numbers that summarise a run: the README table and the conformance test read them from here.
+HEADLINE = ("logged_params", "logged_metric_points", "val_accuracy_gain")
+
 PRESETS = {
     "tiny": Config(l7_preset="tiny"),
     # Tracking is the point here, not accuracy: 6 epochs of L7's full set-up keep this to minutes.

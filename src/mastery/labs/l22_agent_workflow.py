@@ -11,10 +11,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mastery.core.progress import Progress
 from mastery.core.report import Report
+from mastery.core.runtime import Device
 
 HEADLINE = ("intent_accuracy", "fallback_accuracy", "retrieval_hit_rate", "draft_key_fact_rate",
             "draft_cites_gold_policy_rate", "accuracy_when_agree")
@@ -22,13 +23,15 @@ HEADLINE = ("intent_accuracy", "fallback_accuracy", "retrieval_hit_rate", "draft
 
 @dataclass(frozen=True)
 class Config:
-    llm: str = "embedded"  # "embedded": the local Qwen2.5-Coder-0.5B via llama.cpp; "scripted": a fake (tiny)
-    examples: str = "all"  # "all": the ~40 labelled messages; "tiny": one per graph path
-    retrieval: str = "hybrid"  # "hybrid": BM25 + MiniLM fused by rank (and the fallback's embedding stage); "bm25"
+    # "embedded": the local Qwen2.5-Coder-0.5B via llama.cpp; "scripted": a fake (tiny)
+    llm: Literal["embedded", "scripted"] = "embedded"
+    examples: Literal["all", "tiny"] = "all"  # "all": the ~40 labelled messages; "tiny": one per graph path
+    # "hybrid": BM25 + MiniLM fused by rank (and the fallback's embedding stage); "bm25"
+    retrieval: Literal["hybrid", "bm25"] = "hybrid"
     classify_max_tokens: int = 24
     draft_max_tokens: int = 140
     threads: int | None = None  # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
-    device: str = "auto"  # where MiniLM embeds
+    device: Device = "auto"  # where MiniLM embeds
     min_intent_accuracy: float = 0.7
     min_retrieval_hit_rate: float = 0.8
     min_draft_key_fact_rate: float = 0.6
@@ -37,16 +40,8 @@ class Config:
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if self.llm not in ("embedded", "scripted"):
-            raise ConfigError(f"llm must be 'embedded' or 'scripted', got {self.llm!r}")
-        if self.examples not in ("all", "tiny"):
-            raise ConfigError(f"examples must be 'all' or 'tiny', got {self.examples!r}")
-        if self.retrieval not in ("hybrid", "bm25"):
-            raise ConfigError(f"retrieval must be 'hybrid' or 'bm25', got {self.retrieval!r}")
         if self.classify_max_tokens < 8 or self.draft_max_tokens < 32:
             raise ConfigError("classify_max_tokens must be >= 8 and draft_max_tokens >= 32")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
 PRESETS = {

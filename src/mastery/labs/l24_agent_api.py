@@ -59,6 +59,9 @@ class Config:
             raise ConfigError("fuzz_examples must be in 1..1000 and burst_runs in 1..200")
 
 
+# The numbers that summarise a run: the README table and the conformance test read them from here.
+HEADLINE = ("fuzz_5xx", "scenarios_as_expected", "runs_lost")
+
 PRESETS = {"tiny": Config(fuzz_examples=8, burst_runs=6),
            "full": Config(fuzz_examples=100, burst_runs=40, embedded_runs=True)}
 

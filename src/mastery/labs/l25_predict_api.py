@@ -55,6 +55,9 @@ class Config:
             raise ConfigError("load_max_seconds and max_p99_ms must be > 0, max_error_rate in [0, 1]")
 
 
+# The numbers that summarise a run: the README table and the conformance test read them from here.
+HEADLINE = ("fuzz_5xx", "bad_requests_rejected_naming_field", "cv_f1")
+
 PRESETS = {
     "tiny": Config(folds=3, fuzz_examples=20, sequential_requests=40, concurrent_requests=120, concurrency=8,
                    load_max_seconds=30.0, mlflow_round_trip=False, max_p99_ms=5000.0),
