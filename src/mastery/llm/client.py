@@ -18,48 +18,15 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mastery.llm.errors import LLMBadResponse, LLMError, LLMModelNotFound, LLMServerDown, LLMTimeout
 from mastery.llm.settings import LLMSettings, load_settings
+from mastery.llm.types import ChatStream, Completion, Messages, ToolCall
 
 log = logging.getLogger(__name__)
-
-Messages = str | Sequence[dict[str, Any]]  # tool turns carry non-string fields (tool_calls)
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float  # request sent -> last byte received
-    time_to_first_token_s: float | None  # streaming only: request sent -> first text chunk
-    model: str
-    finish_reason: str | None = None
-    stream: bool = False
-    usage_reported: bool = True  # False: the server sent no usage, token counts are estimates
-    server_timings: dict[str, float] | None = None  # llama.cpp's own prompt/predicted ms, when sent
-    # native function calls (``tools=`` given and the server parsed a call): {"id", "name", "arguments"},
-    # arguments as the raw JSON text the model wrote (parsing it is the caller's business: small models err)
-    tool_calls: tuple[dict[str, str], ...] = ()
-
-    @property
-    def prompt_tokens_per_s(self) -> float | None:
-        """Prompt processing speed seen by the caller: prompt tokens / time to first token."""
-        if not self.time_to_first_token_s or not self.prompt_tokens:
-            return None
-        return self.prompt_tokens / self.time_to_first_token_s
-
-    @property
-    def generation_tokens_per_s(self) -> float | None:
-        """Generation speed: tokens after the first / time after the first (whole call when not streamed)."""
-        if self.time_to_first_token_s is not None and self.completion_tokens > 1:
-            span = self.latency_s - self.time_to_first_token_s
-            return (self.completion_tokens - 1) / span if span > 0 else None
-        return self.completion_tokens / self.latency_s if self.latency_s > 0 and self.completion_tokens else None
 
 
 def _as_messages(messages: Messages, system: str | None = None) -> list[dict[str, Any]]:
@@ -71,32 +38,9 @@ def _as_messages(messages: Messages, system: str | None = None) -> list[dict[str
     return out
 
 
-class ChatStream:
-    """Iterate to get text pieces as they arrive; afterwards ``completion`` holds the whole call's record."""
-
-    def __init__(self, pieces: Iterator[str]) -> None:
-        self._pieces = pieces
-        self.completion: Completion | None = None
-        self._parts: list[str] = []
-
-    def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
-            self._parts.append(piece)
-            yield piece
-
-    @property
-    def text(self) -> str:
-        return "".join(self._parts)
-
-    def read(self) -> Completion:
-        """Drain the stream (if not yet) and return its Completion."""
-        for _ in self:
-            pass
-        assert self.completion is not None
-        return self.completion
-
-
 class LLMClient:
+    """A :class:`~mastery.llm.types.StreamingChatModel` over one OpenAI-compatible server."""
+
     def __init__(self, settings: LLMSettings | None = None, *, base_url: str | None = None,
                  model: str | None = None, verify_model: bool = True, device: str = "") -> None:
         from openai import OpenAI
@@ -161,8 +105,8 @@ class LLMClient:
             completion_tokens=usage.completion_tokens if usage else 0, latency_s=latency,
             time_to_first_token_s=None, model=response.model or self.model, finish_reason=choice.finish_reason,
             usage_reported=usage is not None, server_timings=(response.model_extra or {}).get("timings"),
-            tool_calls=tuple({"id": c.id or f"call_{i}", "name": c.function.name,
-                              "arguments": c.function.arguments or ""}
+            tool_calls=tuple(ToolCall(id=c.id or f"call_{i}", name=c.function.name,
+                                      arguments=c.function.arguments or "")
                              for i, c in enumerate(choice.message.tool_calls or []) if c.function))
         self._record(completion)
         return completion

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mastery.llm.client import Completion, LLMClient
+from mastery.llm.types import Completion, StreamingChatModel
 from mastery.retrieval.types import Hit
 
 log = logging.getLogger(__name__)
@@ -225,9 +225,9 @@ def retrieve(kb: Any, question: str, collection: str, k: int = 3, where: dict[st
     return reciprocal_rank_fusion([dense, _BM25_CACHE[key].search(question, depth)], limit=k), best
 
 
-def ask(llm: LLMClient, kb: Any, question: str, *, collection: str, k: int = 3, where: dict[str, Any] | None = None,
-        max_tokens: int = 256, context_chars: int | None = 1200, min_score: float | None = None,
-        min_support: float = 0.6, on_text: Callable[[str], None] | None = None,
+def ask(llm: StreamingChatModel, kb: Any, question: str, *, collection: str, k: int = 3,
+        where: dict[str, Any] | None = None, max_tokens: int = 256, context_chars: int | None = 1200,
+        min_score: float | None = None, min_support: float = 0.6, on_text: Callable[[str], None] | None = None,
         extra_body: dict[str, Any] | None = None, retrieval: str = "dense") -> RagAnswer:
     """Retrieve the top-k chunks of ``collection``, prompt the LLM with them, stream the answer to ``on_text``,
     then check it (:func:`answer_from`).
