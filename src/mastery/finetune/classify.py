@@ -41,7 +41,7 @@ class FineTuneSettings:
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
-    bf16: bool = True  # autocast in bfloat16 (CPU with AVX-512 BF16, or a CUDA GPU that supports it)
+    bf16: bool = False  # bfloat16 autocast; pass mastery.core.precision.decide_bf16(...).bf16 for the device
     group_by_length: bool = True  # batches of similar length: less padding, same result in expectation
     # "mean": a linear head on the mean of the token vectors (how sentence-transformers models such as
     # all-MiniLM-L6-v2 were trained, so fine-tuning starts from a useful representation); "cls": the
@@ -65,6 +65,8 @@ class FineTuneResult:
     model_dir: Path | None = None
     device: str = "cpu"
     n_params: int = 0
+    model: Any = None  # the trained classifier (for saving to the model registry)
+    tokenizer: Any = None
 
 
 def head_tail_ids(ids: list[int], max_body: int, head: int) -> list[int]:
@@ -200,11 +202,10 @@ def finetune_classifier(model_dir: str | Path, train_texts: Sequence[str], train
     eval_features, _ = encode_texts(tokenizer, eval_texts, settings.max_length, settings.head_tokens)
 
     use_cpu = device == "cpu" or not torch.cuda.is_available()
-    bf16 = settings.bf16 and (use_cpu or torch.cuda.is_bf16_supported())
     steps = int(np.ceil(len(train_features) / settings.batch_size) * settings.epochs)
     with tempfile.TemporaryDirectory(prefix="mastery-finetune-") as scratch:
         args = TrainingArguments(
-            output_dir=scratch, use_cpu=use_cpu, bf16=bf16, seed=settings.seed, data_seed=settings.seed,
+            output_dir=scratch, use_cpu=use_cpu, bf16=settings.bf16, seed=settings.seed, data_seed=settings.seed,
             num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
             per_device_eval_batch_size=settings.eval_batch_size, learning_rate=settings.lr,
             weight_decay=settings.weight_decay, warmup_steps=int(settings.warmup_fraction * steps),
@@ -254,4 +255,51 @@ def finetune_classifier(model_dir: str | Path, train_texts: Sequence[str], train
         predictions=predictions, probabilities=probabilities, train_seconds=train_seconds,
         eval_seconds=eval_seconds, train_samples=len(train_features), truncated_fraction=truncated,
         log_history=history, model_dir=saved, device="cpu" if use_cpu else "cuda", n_params=n_params,
+        model=model, tokenizer=tokenizer,
     )
+
+
+# -- the model registry: save, rebuild and run a fine-tuned classifier --------------------------------
+def registry_files(saved_dir: str | Path, base_model_dir: str | Path) -> dict[str, Path]:
+    """The files of a ``finetune_classifier(output_dir=...)`` folder that rebuild the classifier.
+
+    Trainer also writes ``training_args.bin`` (a pickle): left out. A mean-pool classifier is not a
+    ``PreTrainedModel``, so its folder has no ``config.json``: the encoder's is taken from the base model.
+    """
+    saved, base = Path(saved_dir), Path(base_model_dir)
+    files = {p.name: p for p in sorted(saved.iterdir()) if p.is_file() and p.suffix != ".bin"}
+    if "config.json" not in files:
+        files["config.json"] = base / "config.json"
+    return files
+
+
+def load_registered_classifier(folder: str | Path, num_labels: int, pooling: str = "mean") -> tuple[Any, Any]:
+    """(tokenizer, model in eval mode) from a registered folder (see :func:`registry_files`); never downloads."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = Path(folder)
+    if pooling == "cls":
+        tokenizer, model = load_classifier(path, num_labels, "cls")
+        return tokenizer, model.eval()
+    encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True),
+                                    add_pooling_layer=False)
+    model = mean_pool_classifier(encoder, num_labels)
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True), model.eval()
+
+
+def classify_texts(tokenizer: Any, model: Any, texts: Sequence[str], max_length: int = 256,
+                   head_tokens: int = 64) -> np.ndarray:
+    """Class probabilities (N, K), float32 forward pass in eval mode, the same head+tail truncation as training."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    features, _ = encode_texts(tokenizer, texts, max_length, head_tokens)
+    batch = DataCollatorWithPadding(tokenizer)(features)
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits  # (N, K)
+    return torch.softmax(logits.float(), dim=-1).cpu().numpy()
