@@ -16,7 +16,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -311,8 +310,10 @@ def parse_price_table(data: Mapping[str, Any], source: str = "<dict>") -> PriceT
 
 def load_price_table(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> PriceTable:
     """From ``path``, else the file named by ``MASTERY_PRICE_TABLE``, else the built-in all-zero table."""
-    env = os.environ if env is None else env
-    path = path or env.get(PRICE_TABLE_ENV, "").strip() or None
+    from mastery.core.settings import Settings, get_settings
+
+    settings = get_settings() if env is None else Settings.from_env(env)
+    path = path or settings.price_table
     if path is None:
         return PriceTable()
     file = Path(path)

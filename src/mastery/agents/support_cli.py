@@ -8,7 +8,6 @@ prints what was sent; ``show`` prints a thread's state and checkpoint history. H
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ def _out(text: str = "") -> None:
 
 
 def default_db() -> Path:
-    return Path(os.environ.get("MASTERY_CACHE", "~/.cache/mastery")).expanduser() / "support" / "support.sqlite"
+    from mastery.core.settings import get_settings
+
+    return get_settings().cache / "support" / "support.sqlite"
 
 
 def _bot(args: argparse.Namespace, llm: Any = None, create: bool = False) -> Any:
@@ -110,7 +111,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thread", required=True, help="the conversation's id (letters, digits, '.', '_', '-')")
-    p.add_argument("--db", default=None, help=f"SQLite checkpoint file (default {default_db()})")
+    p.add_argument("--db", default=None, help="SQLite checkpoint file (default <MASTERY_CACHE>/support/support.sqlite)")
     p.add_argument("--outbox", default=None, help="JSONL outbox (default: next to the database, <db>.outbox.jsonl)")
 
 

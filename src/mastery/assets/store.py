@@ -34,12 +34,15 @@ _CHUNK = 1 << 20
 
 
 def mirror_dirs() -> list[Path]:
-    raw = os.environ.get("MASTERY_DATA_DIR", "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    from mastery.core.settings import get_settings
+
+    return list(get_settings().data_dir)
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MASTERY_CACHE", "~/.cache/mastery")).expanduser()
+    from mastery.core.settings import get_settings
+
+    return get_settings().cache
 
 
 # -- digests -------------------------------------------------------------------------------

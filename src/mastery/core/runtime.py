@@ -71,9 +71,11 @@ def set_torch_threads() -> None:
     """Use every core for intra-op work unless MASTERY_THREADS says otherwise."""
     import torch
 
-    threads = os.environ.get("MASTERY_THREADS")
+    from mastery.core.settings import get_settings
+
+    threads = get_settings().threads
     if threads:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:

@@ -1,6 +1,7 @@
-"""Which LLM to talk to: backend, URL, model, key, timeout, threads and context, from env vars or arguments.
+"""Which LLM to talk to: backend, URL, model, key, timeout, threads and context, from settings or arguments.
 
-Environment variables (arguments to :func:`load_settings` win over them):
+The values come from :mod:`mastery.core.settings` (environment, else ``.env``); arguments to
+:func:`load_settings` win over them. The variables:
 
 - ``MASTERY_LLM_BACKEND``: ``embedded`` (default: llama.cpp via xllamacpp, the registry GGUF),
   ``ollama`` (a local Ollama, e.g. the roadmap's Llama 3 / DeepSeek-R1) or ``openai`` (any
@@ -16,13 +17,13 @@ Environment variables (arguments to :func:`load_settings` win over them):
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mastery.core.errors import ConfigError
+from mastery.core.settings import BACKENDS, Settings, get_settings
 
-BACKENDS = ("embedded", "ollama", "openai")
 EMBEDDED_MODEL = "qwen2.5-coder-0.5b-instruct-q4_k_m"  # registry name; also the alias the server answers to
 EMBEDDED_PORT = 8765  # where `mastery llm serve` listens unless told otherwise
 OLLAMA_URL = "http://127.0.0.1:11434/v1"
@@ -72,29 +73,19 @@ class LLMSettings:
         return OLLAMA_URL if self.backend == "ollama" else f"http://127.0.0.1:{EMBEDDED_PORT}/v1"
 
 
-def _env_number(name: str, kind: type, env: dict[str, str]) -> Any:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
-
-
-def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> LLMSettings:
-    """Settings from the environment, then ``overrides`` (None values are ignored), validated."""
-    env = dict(os.environ if env is None else env)
-    threads = _env_number("MASTERY_LLM_THREADS", int, env)
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> LLMSettings:
+    """The ``MASTERY_LLM_*`` settings (or those in ``env`` alone), then ``overrides`` (None values are
+    ignored), validated."""
+    s = get_settings() if env is None else Settings.from_env(env)
     values: dict[str, Any] = {
-        "backend": env.get("MASTERY_LLM_BACKEND", "").strip().lower() or None,
-        "base_url": env.get("MASTERY_LLM_BASE_URL", "").strip() or None,
-        "model": env.get("MASTERY_LLM_MODEL", "").strip() or None,
-        "api_key": env.get("MASTERY_LLM_API_KEY", "").strip() or None,
-        "timeout_s": _env_number("MASTERY_LLM_TIMEOUT", float, env),
-        "threads": threads if threads is not None else _env_number("MASTERY_THREADS", int, env),
-        "ctx": _env_number("MASTERY_LLM_CTX", int, env),
-        "call_log": env.get("MASTERY_LLM_CALL_LOG", "").strip() or None,
+        "backend": s.llm_backend,
+        "base_url": s.llm_base_url,
+        "model": s.llm_model,
+        "api_key": s.llm_api_key.get_secret_value() if s.llm_api_key is not None else None,
+        "timeout_s": s.llm_timeout,
+        "threads": s.llm_threads if s.llm_threads is not None else s.threads,
+        "ctx": s.llm_ctx,
+        "call_log": s.llm_call_log,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(LLMSettings)}

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # -- threads -------------------------------------------------------------------------------------
 def thread_count() -> int:
     """MASTERY_THREADS when set, else every core: NumPy's BLAS and FAISS's OpenMP both get this many."""
-    raw = os.environ.get("MASTERY_THREADS")
-    return max(1, int(raw)) if raw else max(1, os.cpu_count() or 1)
+    from mastery.core.settings import get_settings
+
+    return get_settings().threads or max(1, os.cpu_count() or 1)
 
 
 @contextmanager

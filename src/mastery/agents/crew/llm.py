@@ -39,7 +39,9 @@ OFFLINE_ENV = {
 def crewai_offline(storage_dir: str | None = None) -> Any:
     """Set CrewAI's opt-outs (before its first import) and return the ``crewai`` module."""
     os.environ.update(OFFLINE_ENV)
-    folder = storage_dir or os.environ.get("MASTERY_CREWAI_DIR") or str(Path(tempfile.gettempdir()) / "mastery-crewai")
+    from mastery.core.settings import get_settings
+
+    folder = storage_dir or get_settings().crewai_dir or Path(tempfile.gettempdir()) / "mastery-crewai"
     os.environ["CREWAI_STORAGE_DIR"] = str(Path(folder).absolute())
     import crewai
 
