@@ -163,9 +163,56 @@ def cmd_assets_list(args: argparse.Namespace) -> int:
     from mastery.assets.catalog import assets_of_kind
     from mastery.assets.store import asset_status
 
+    if args.kind == "model":
+        _out("Shelf models (downloaded, verified against the catalog):")
     for asset in assets_of_kind(args.kind):
         size = f"{asset.size / 2**20:8.1f} MiB" if asset.size else "           -"
         _out(f"{asset.name:<36} {asset_status(asset):<9} {size}  {asset.description}")
+    if args.kind == "model":
+        _list_trained(getattr(args, "store", None))
+    return 0
+
+
+# -- trained models (mastery.ops.registry) ----------------------------------------------------------
+def _list_trained(store: str | None) -> None:
+    from mastery.ops.registry import open_registry
+
+    reg = open_registry(store)
+    rows = reg.list()
+    _out(f"\nTrained models ({reg.root}):")
+    if not rows:
+        _out("  none yet: the full presets of the training labs register theirs ('register=true')")
+    for m in rows:
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in list(m.get("metrics", {}).items())[:3])
+        _out(f"{m['name'] + '@' + str(m['version']):<36} {m['kind']:<6} {m['created']}  sha256 {m['sha256'][:12]}  "
+             f"{metrics}")
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from mastery.ops.registry import open_registry
+
+    m = open_registry(args.store).manifest(args.name)
+    if args.json:
+        _out(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    _out(f"{m['name']}@{m['version']}  ({m['kind']}, created {m['created']})")
+    if m.get("description"):
+        _out(f"  {m['description']}")
+    _out(f"sha256 (all files): {m['sha256']}")
+    code = m.get("code", {})
+    _out("code: " + (f"git {code['git_commit'][:12]}{' (uncommitted changes)' if code.get('dirty') else ''}"
+                     if "git_commit" in code else f"mastery {code.get('package_version', '?')}"))
+    _out("files:")
+    for rel, rec in sorted(m.get("files", {}).items()):
+        _out(f"  {rec['sha256']}  {rec['size']:>12,}  {rel}")
+    _out("data assets (sha256 at training time):")
+    for name, digest in sorted(m.get("data_assets", {}).items()):
+        _out(f"  {digest}  {name}")
+    _out("metrics:")
+    for key, value in m.get("metrics", {}).items():
+        _out(f"  {key} = {value:.6g}" if isinstance(value, int | float) else f"  {key} = {value}")
+    _out("config:")
+    _out("\n".join("  " + line for line in json.dumps(m.get("config", {}), indent=2, sort_keys=True).splitlines()))
     return 0
 
 
@@ -237,8 +284,17 @@ def _add_asset_commands(sub: argparse._SubParsersAction, kind: str, help_text: s
     parser = sub.add_parser(kind if kind == "data" else "models", help=help_text)
     parser.set_defaults(kind=kind)
     inner = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    inner.add_parser("list", help=f"list registered {kind} assets and where each is").set_defaults(
-        func=cmd_assets_list)
+    p = inner.add_parser("list", help=f"list registered {kind} assets and where each is"
+                         + (", then the trained models" if kind == "model" else ""))
+    p.set_defaults(func=cmd_assets_list)
+    if kind == "model":
+        p.add_argument("--store", default=None, help="trained-model store (default: the settings' model_store)")
+        p = inner.add_parser("show", help="print a trained model's manifest: files with sha256, data assets, "
+                                          "code version, metrics, config")
+        p.add_argument("name", help="NAME (latest version) or NAME@VERSION")
+        p.add_argument("--store", default=None, help="trained-model store (default: the settings' model_store)")
+        p.add_argument("--json", action="store_true", help="the manifest as JSON")
+        p.set_defaults(func=cmd_models_show)
     p = inner.add_parser("info", help="show an asset's source, license, checksum and location")
     p.add_argument("name")
     p.set_defaults(func=cmd_assets_info)
@@ -295,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_asset_commands(sub, "data", "datasets: list, info, pull, verify")
-    _add_asset_commands(sub, "model", "models: list, info, pull, verify")
+    _add_asset_commands(sub, "model", "models: list, show, info, pull, verify (shelf and trained)")
     # Domain packages add their own command groups (e.g. `mastery vision detect`) by exposing
     # register(subparsers, parser_class) in <package>.cli.
     for name in DOMAIN_COMMANDS:

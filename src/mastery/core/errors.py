@@ -31,6 +31,14 @@ class ChecksumMismatch(AssetError):
     """A file's sha256 differs from the registry's."""
 
 
+class RegistryError(MasteryError):
+    """A trained model is unknown, or cannot be saved to or loaded from the model registry."""
+
+
+class ModelIntegrityError(RegistryError):
+    """A registered model's file or training-data digest differs from its manifest."""
+
+
 class MissingExtra(MasteryError):
     """An optional dependency is not installed."""
 

@@ -23,6 +23,7 @@ class Config:
     test_size: int | None = None  # cap on the 10,000 test images (None = all)
     device: Device = "auto"  # auto = cuda when torch.cuda.is_available(), else cpu
     min_test_accuracy: float = 0.98
+    register: bool = False  # save the trained model to the model registry as mnist-<model>
     seed: int = 0
 
     def validate(self) -> None:
@@ -38,7 +39,7 @@ HEADLINE = ("test_accuracy",)
 PRESETS = {
     "tiny": Config(epochs=1, batch_size=64, val_size=500, train_size=2000, test_size=1000,
                    min_test_accuracy=0.5),
-    "full": Config(),
+    "full": Config(register=True),
 }
 
 
@@ -150,4 +151,23 @@ def run(config: Config, progress: Progress) -> Report:
         "model and every batch with .to(device), so the same lab uses a GPU when one is present. See the "
         "hardware table."
     )
+    if config.register:
+        _register(report, config, model)
     return report
+
+
+def _register(report: Report, config: Config, model: object) -> None:
+    from mastery.nn.data import MNIST_MEAN, MNIST_STD
+    from mastery.ops.registry_loaders import architecture, note_registered, save_torch_module
+
+    kwargs = ({"in_channels": 1, "num_classes": 10} if config.model == "cnn"
+              else {"in_features": 28 * 28, "hidden": [256, 128], "num_classes": 10, "dropout": 0.1})
+    ref = save_torch_module(
+        f"mnist-{config.model}", model, arch=architecture("mastery.nn.models", "SmallCNN" if config.model == "cnn"
+                                                          else "MLP", **kwargs),
+        config={"lab": "l05", "lab_config": report.config, "input": "(B, 1, 28, 28) float32, (x/255 - mean)/std",
+                "mean": MNIST_MEAN, "std": MNIST_STD, "classes": [str(d) for d in range(10)]},
+        metrics={k: report.metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy")},
+        data_assets=["mnist"], probe_input={"randn": [2, 1, 28, 28], "seed": 0},
+        description="L5 MNIST digit classifier")
+    note_registered(report, ref)

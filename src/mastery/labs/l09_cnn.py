@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +33,7 @@ class Config:
     device: Device = "auto"
     max_scratch_error: float = 1e-5
     min_test_accuracy: float = 0.85
+    register: bool = False  # save the trained CNN to the model registry as cifar10-cnn
     seed: int = 0
 
     def validate(self) -> None:
@@ -54,7 +55,7 @@ HEADLINE = ("test_accuracy",)
 PRESETS = {
     "tiny": Config(widths=(8, 16, 32), epochs=1, batch_size=64, lr=0.1, train_size=1500, test_size=500,
                    curve_eval_size=200, min_test_accuracy=0.15),
-    "full": Config(),
+    "full": Config(register=True),
 }
 
 
@@ -234,4 +235,22 @@ def run(config: Config, progress: Progress) -> Report:
                 "only emulated, hence bf16=auto) and channels_last. "
                 "test_accuracy uses no test-time augmentation; test_accuracy_flip_tta averages the logits of each "
                 "image and its mirror image. No model selection is done on the test set.")
+    if config.register:
+        _register(report, model, data["source"], mean, std, data["class_names"])
     return report
+
+
+def _register(report: Report, model: Any, source: str, mean: Any, std: Any, classes: list[str]) -> None:
+    from mastery.ops.registry_loaders import architecture, note_registered, save_torch_module
+
+    arch = architecture("mastery.vision.cnn", "CifarCNN", widths=list(model.widths), num_classes=len(classes),
+                        bf16=bool(model.bf16), channels_last=bool(model.channels_last))
+    ref = save_torch_module(
+        "cifar10-cnn", model, arch=arch,
+        config={"lab": "l09", "lab_config": report.config, "input": "(B, 3, 32, 32) float32, (x/255 - mean)/std",
+                "mean": [float(v) for v in np.ravel(mean)], "std": [float(v) for v in np.ravel(std)],
+                "classes": classes, "data_source": source},
+        metrics={k: report.metrics[k] for k in ("test_accuracy", "test_accuracy_flip_tta", "final_train_loss")},
+        data_assets=["cifar10" if source == "jpeg-q75" else "cifar10-official"],
+        probe_input={"randn": [2, 3, 32, 32], "seed": 0}, description="L9 CIFAR-10 CNN")
+    note_registered(report, ref)

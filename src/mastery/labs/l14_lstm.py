@@ -3,6 +3,7 @@ cell written by hand, vanishing gradients measured, and sampling temperature vs 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ class Config:
     device: Device = "auto"
     max_val_loss: float = NANOGPT_CPU_VAL_LOSS
     max_cell_error: float = 1e-5
+    register: bool = False  # save the better of LSTM/GRU to the model registry as shakespeare-char-<kind>
     seed: int = 0
 
     def validate(self) -> None:
@@ -67,7 +69,7 @@ PRESETS = {
                    eval_every=50,
                    eval_windows=30, sample_chars=300, grad_hidden=32, grad_steps=40, grad_batch=8,
                    max_val_loss=3.0),
-    "full": Config(),
+    "full": Config(register=True),
 }
 
 
@@ -211,7 +213,29 @@ def run(config: Config, progress: Progress) -> Report:
         "multiplies by W_hh^T diag(1 - h^2) at every step back, so the signal shrinks geometrically; the LSTM's "
         "cell path multiplies by the forget gate only, which training pushes towards 1 where memory pays."
     )
+    if config.register:
+        _register(report, config, models, vocab.chars)
     return report
+
+
+def _register(report: Report, config: Config, models: dict[str, Any], chars: list[str]) -> None:
+    """The model with the lower validation loss goes to the registry (ties: the LSTM)."""
+    from mastery.ops.registry_loaders import architecture, note_registered, save_torch_module
+
+    val = {kind: report.metrics["val_loss" if kind == "lstm" else f"{kind}_val_loss"] for kind in models}
+    kind = min(val, key=lambda k: (val[k], k != "lstm"))
+    arch = architecture("mastery.text.charlm", "CharRNN", chars=chars, kind=kind, embed=config.embed,
+                        hidden=config.hidden, num_layers=config.num_layers, dropout=config.dropout)
+    ref = save_torch_module(
+        f"shakespeare-char-{kind}", models[kind], arch=arch,
+        config={"lab": "l14", "lab_config": report.config, "prompt": config.prompt,
+                "input": "(B, T) int64 character ids (positions in architecture.kwargs.chars)",
+                "output": "(B, T, V) next-character logits"},
+        metrics={"val_loss": val[kind], "val_bits_per_char": val[kind] / math.log(2),
+                 **{f"{k}_val_loss": v for k, v in val.items()}},
+        data_assets=["tinyshakespeare"], probe_input={"randint": [2, 16], "high": len(chars), "seed": 0},
+        description=f"L14 character-level {kind.upper()} language model on tiny Shakespeare")
+    note_registered(report, ref)
 
 
 def _t(temp: float) -> str:

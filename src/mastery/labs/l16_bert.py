@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,7 @@ class Config:
     device: Device = "auto"
     min_f1: float = 0.88
     min_mlm_gain: float = 2.0  # masked-token accuracy must be this many times the unigram baseline
+    register: bool = False  # save the sentiment classifier to the model registry as imdb-sentiment-minilm
     seed: int = 0
 
     def validate(self) -> None:
@@ -72,7 +74,7 @@ PRESETS = {
                    mlm_max_blocks=400, mlm_hidden=64, mlm_layers=2, mlm_heads=2, mlm_epochs=2, mlm_batch_size=16,
                    mlm_lr=1e-3, n_train=48, n_test=32, max_length=48, head_tokens=16, epochs=1.0,
                    min_f1=0.0, min_mlm_gain=1.0),
-    "full": Config(),
+    "full": Config(register=True),
 }
 
 
@@ -231,8 +233,10 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
                                 batch_size=config.batch_size, lr=config.lr, bf16=config.bf16, pooling=config.pooling,
                                 seed=config.seed)
     result = finetune_classifier(model_dir, train.text.tolist(), train.label.tolist(), test.text.tolist(),
-                                 test.label.tolist(), settings, device=device, progress=progress)
+                                 test.label.tolist(), settings, device=device, progress=progress,
+                                 output_dir=Path(scratch.name) / "model" if scratch else None)
     report.metric("n_train", len(train))
+    scratch = tempfile.TemporaryDirectory(prefix="mastery-l16-") if config.register else None
     report.metric("n_test", len(test))
     report.metric("max_length", config.max_length)
     report.metric("truncated_fraction", round(result.truncated_fraction, 6))
@@ -248,6 +252,9 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
     try:
         from transformers import AutoTokenizer
 
+    if scratch is not None:
+        with scratch:
+            _register(report, config, result, model_dir, source)
         encode_texts(AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True), ["fine", ""], 32, 8)
         outcome = "no error"
     except FineTuneError as exc:
@@ -293,3 +300,27 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
         "fine-tuned; pass `--set model=/path/to/distilbert-folder` to use one you have. The training subset and "
         "sequence length were chosen so the full preset fits in about an hour on a 2-core CPU."
     )
+
+
+PROBE_REVIEWS = ("A wonderful, moving film with a brilliant cast.",
+                 "Dull, predictable and far too long; I wanted my money back.")
+
+
+def _register(report: Report, config: Config, result: Any, base_dir: Path, source: str) -> None:
+    from mastery.finetune.classify import classify_texts, registry_files
+    from mastery.ops.registry import open_registry
+    from mastery.ops.registry_loaders import note_registered
+
+    probs = classify_texts(result.tokenizer, result.model, PROBE_REVIEWS, config.max_length, config.head_tokens)
+    assets = ["imdb"] + ([config.model] if config.model == "all-minilm-l6-v2" else [])
+    name = "imdb-sentiment-minilm" if config.model == "all-minilm-l6-v2" else "imdb-sentiment-custom"
+    ref = open_registry().save(
+        name, registry_files(result.model_dir, base_dir), kind="hf",
+        config={"lab": "l16", "lab_config": report.config, "base_model": source, "pooling": config.pooling,
+                "num_labels": 2, "labels": ["negative", "positive"], "max_length": config.max_length,
+                "head_tokens": config.head_tokens,
+                "load": "mastery.finetune.classify.load_registered_classifier(path, 2, pooling)"},
+        metrics={k: report.metrics[k] for k in ("f1", "accuracy")}, data_assets=assets,
+        probe={"input": list(PROBE_REVIEWS), "output": probs.tolist()},
+        description="L16 IMDb sentiment classifier (fine-tuned MiniLM encoder + linear head)")
+    note_registered(report, ref)

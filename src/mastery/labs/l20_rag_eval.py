@@ -50,6 +50,7 @@ class Config:
     device: Device = "auto"
     min_rerank_gain: float = 0.10  # goal: recall@3 of hybrid + rerank >= vector-only + this
     min_bm25_id_recall: float = 0.9  # BM25 recall@1 on "What is T1234?" questions
+    register: bool = False  # save a cross-encoder trained here to the model registry as attack-cross-encoder
     seed: int = 0
 
     def validate(self) -> None:
@@ -79,7 +80,7 @@ PRESETS = {
     "tiny": Config(n_techniques=30, n_eval_questions=20, n_train_questions=16, train_per_style=1,
                    embed_max_seq_length=128, hybrid_depth=10, rerank_depth=4, ce_negatives=3, ce_groups_per_batch=4,
                    ce_max_length=96, min_rerank_gain=-1.0),
-    "full": Config(),
+    "full": Config(register=True),
 }
 
 
@@ -95,6 +96,8 @@ def run(config: Config, progress: Progress) -> Report:
 
 
 # -- corpus, questions, first-stage retrievers ---------------------------------------------------
+    if config.register and "ce_result" in setup:  # a canonical cross-encoder is not ours to register
+        _register(report, config, setup)
 def _setup(report: Report, config: Config, device: str, progress: Progress) -> dict[str, Any]:
     import random
 
@@ -184,7 +187,25 @@ def _cross_encoder(report: Report, config: Config, setup: dict[str, Any], device
     setup["reranker_source"] = (f"cross-encoder fine-tuned here from all-MiniLM-L6-v2 ({why}); saved as "
                                 f"safetensors to {result.path.name}/ in the cache")
     setup["ce_result"] = result
+    setup["ce_probe"] = {"input": {"query": probe_q, "passages": probe}, "output": trained_scores.tolist()}
     return CrossEncoderScorer(loaded, bf16=config.bf16, name="cross-encoder")
+
+
+def _register(report: Report, config: Config, setup: dict[str, Any]) -> None:
+    from mastery.ops.registry import open_registry
+    from mastery.ops.registry_loaders import note_registered
+
+    folder = setup["ce_result"].path
+    ref = open_registry().save(
+        "attack-cross-encoder", folder, kind="hf",
+        config={"lab": "l20", "lab_config": report.config, "head": config.ce_head, "max_length": config.ce_max_length,
+                "base_model": "all-minilm-l6-v2",
+                "load": "mastery.retrieval.rerank.load_cross_encoder(path, device, max_length)"},
+        metrics={k: v for k, v in report.metrics.items() if k.endswith(("_hybrid_rerank", "_hybrid_rerank_ce"))
+                 or k == "rerank_gain_recall_at_3_vs_vector"},
+        data_assets=["attack_stix", "all-minilm-l6-v2"], probe=setup["ce_probe"],
+        description="L20 ATT&CK passage cross-encoder (MiniLM fine-tuned on hard negatives)")
+    note_registered(report, ref)
 
 
 # -- evaluation ------------------------------------------------------------------------------------

@@ -71,3 +71,14 @@ class SmallCNN(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_from_manifest(arch: dict) -> nn.Module:
+    """A fresh MLP or SmallCNN from a model-registry ``architecture`` entry (weights are loaded after)."""
+    classes = {"MLP": MLP, "SmallCNN": SmallCNN}
+    if arch.get("class") not in classes:
+        raise ValueError(f"mastery.nn.models cannot build {arch.get('class')!r}; known: {', '.join(classes)}")
+    kwargs = dict(arch.get("kwargs", {}))
+    if "channels" in kwargs:
+        kwargs["channels"] = tuple(kwargs["channels"])
+    return classes[arch["class"]](**kwargs)

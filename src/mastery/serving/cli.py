@@ -37,19 +37,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.track:
         uri = args.tracking_uri or _default_tracking_uri()
         run_id = log_to_mlflow(Path(args.out), uri)
-        _out(f"logged to MLflow run {run_id} ({uri}); serve it with: mastery serve predict --model runs:/{run_id}")
+        _out(f"logged to MLflow run {run_id} ({uri}); serve it with: mastery serve predict --artifact runs:/{run_id}")
     return 0
 
 
 def _load(args: argparse.Namespace, tmp: str) -> Any:
+    """--model NAME[@VERSION] from the model registry, or --artifact PATH / runs:/<run id>."""
     from mastery.serving.artifacts import load_artifact, load_from_mlflow
 
-    if args.model.startswith("runs:/"):
-        run_id = args.model.removeprefix("runs:/").strip("/").split("/")[0]
+    if args.model:
+        from mastery.serving.titanic_model import load_registered
+
+        loaded = load_registered(args.model)
+        if args.sha256 and not loaded.meta["sha256"].startswith(args.sha256.lower()):
+            raise MasteryError(f"--model {args.model}: sha256 {loaded.meta['sha256'][:12]}... is not the pinned "
+                               f"{args.sha256[:12]}...")
+        return loaded
+    if args.artifact.startswith("runs:/"):
+        run_id = args.artifact.removeprefix("runs:/").strip("/").split("/")[0]
         if not run_id:
-            raise MasteryError(f"--model {args.model!r}: expected runs:/<run id>")
+            raise MasteryError(f"--artifact {args.artifact!r}: expected runs:/<run id>")
         return load_from_mlflow(run_id, args.tracking_uri or _default_tracking_uri(), tmp, expected_sha256=args.sha256)
-    return load_artifact(Path(args.model), expected_sha256=args.sha256)
+    return load_artifact(Path(args.artifact), expected_sha256=args.sha256)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -107,8 +116,11 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     sub = serve.add_subparsers(dest="action", required=True, parser_class=parser_class)
 
     p = sub.add_parser("predict", help="serve POST /predict for a saved Titanic model (docs at /docs)")
-    p.add_argument("--model", required=True, help="a .skops file with its .skops.json sidecar, or runs:/<run id> "
-                                                  "of an MLflow run that logged one")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a trained model's registry name, NAME or NAME@VERSION (e.g. titanic-logreg; "
+                                       "see 'mastery models list')")
+    which.add_argument("--artifact", help="a .skops file with its .skops.json sidecar, or runs:/<run id> of an "
+                                          "MLflow run that logged one")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--sha256", default=None, help="refuse to serve unless the file's sha256 starts with this "

@@ -45,10 +45,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(artifact: str | Path | LoadedArtifact, *, expected_sha256: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, scoring_threads: int = 1) -> Any:
-    """A FastAPI app serving one model. ``artifact`` is a skops file (verified and loaded through
-    :func:`mastery.serving.artifacts.load_artifact`) or an already loaded artifact.
+def create_app(artifact: str | Path | LoadedArtifact | None = None, *, model: str | None = None,
+               expected_sha256: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               scoring_threads: int = 1) -> Any:
+    """A FastAPI app serving one model: ``model`` is a registry name (``titanic-logreg`` or
+    ``titanic-logreg@2``, verified by :func:`mastery.serving.titanic_model.load_registered`), or
+    ``artifact`` a skops file (verified and loaded through :func:`mastery.serving.artifacts.load_artifact`)
+    or an already loaded artifact.
 
     Scoring runs in a worker thread (the event loop stays free to parse requests and answer /health),
     at most ``scoring_threads`` at a time, queued first come first served. Scoring holds the GIL, so more
@@ -59,8 +62,16 @@ def create_app(artifact: str | Path | LoadedArtifact, *, expected_sha256: str | 
     import anyio
     from fastapi import FastAPI, Request
 
-    loaded = artifact if isinstance(artifact, LoadedArtifact) else load_artifact(artifact,
-                                                                                 expected_sha256=expected_sha256)
+    if (model is None) == (artifact is None):
+        raise ValueError("pass exactly one of model (a registry name) and artifact (a file or loaded artifact)")
+    if model is not None:
+        from mastery.serving.titanic_model import load_registered
+
+        loaded = load_registered(model)
+    elif isinstance(artifact, LoadedArtifact):
+        loaded = artifact
+    else:
+        loaded = load_artifact(artifact, expected_sha256=expected_sha256)
     if scoring_threads < 1:
         raise ValueError("scoring_threads must be >= 1")
     meta, version = loaded.meta, loaded.version

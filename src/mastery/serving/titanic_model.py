@@ -13,6 +13,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "titanic-survival"
+REGISTRY_NAME = "titanic-logreg"  # its name in the trained-model registry (mastery.ops.registry)
 THRESHOLD = 0.5
 # The columns a request becomes before it reaches the pipeline (Ticket and Cabin are accepted but unused).
 FEATURE_COLUMNS = ("Pclass", "Sex", "Age", "SibSp", "Parch", "Fare", "Embarked", "Name")
@@ -58,6 +59,46 @@ def save_titanic(trained: TrainedModel, path: str | Path) -> dict[str, Any]:
     return save_artifact(trained.model, path, name=MODEL_NAME, feature_schema=Passenger.model_json_schema(),
                          training=trained.training,
                          extra={"threshold": THRESHOLD, "labels": {str(k): v for k, v in LABELS.items()}})
+
+
+def register_titanic(model_path: str | Path, *, metrics: dict[str, float] | None = None,
+                     probe: dict[str, Any] | None = None, lab_config: dict[str, Any] | None = None,
+                     name: str = REGISTRY_NAME, registry: Any = None) -> Any:
+    """Register a saved artifact (the .skops file and its sidecar, bytes unchanged) as ``name@<next version>``."""
+    from mastery.ops.registry import open_registry
+    from mastery.serving.artifacts import read_sidecar, sidecar_path
+
+    path = Path(model_path)
+    meta = read_sidecar(path)
+    reg = registry if registry is not None else open_registry()
+    return reg.save(name, {path.name: path, sidecar_path(path).name: sidecar_path(path)}, kind="skops",
+                    config={"lab_config": lab_config or {}, "features": list(FEATURE_COLUMNS),
+                            "threshold": meta.get("threshold", THRESHOLD), "training": meta.get("training", {}),
+                            "load": "mastery.serving.titanic_model.load_registered(name)"},
+                    metrics=metrics or {k: v for k, v in meta.get("training", {}).items() if k.startswith("cv_")},
+                    data_assets=["titanic"], probe=probe,
+                    description="L25's Titanic survival pipeline (L2 features + logistic regression), as served")
+
+
+def load_registered(name: str = REGISTRY_NAME, *, registry: Any = None) -> Any:
+    """A verified :class:`~mastery.serving.artifacts.LoadedArtifact` from the model registry.
+
+    The registry checks every file's sha256 and the training data's digest; the artifact loader then
+    checks the sidecar and loads with skops under the code's own type allow-list.
+    """
+    from mastery.ops.registry import open_registry
+    from mastery.serving.artifacts import load_artifact
+
+    reg = registry if registry is not None else open_registry()
+    loaded = reg.load(name)
+    skops_files = [rel for rel in loaded.manifest["files"] if rel.endswith(".skops")]
+    if len(skops_files) != 1:
+        from mastery.core.errors import RegistryError
+
+        raise RegistryError(f"{loaded.ref} holds {len(skops_files)} .skops files; expected one")
+    artifact = load_artifact(loaded.path / skops_files[0])
+    artifact.meta["registry_ref"] = str(loaded.ref)
+    return artifact
 
 
 def to_frame(passengers: list[dict[str, Any]]) -> Any:

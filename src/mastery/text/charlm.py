@@ -228,3 +228,23 @@ def repeated_ngram_rate(items: Sequence[Any], n: int) -> float:
 def repetition_stats(text: str) -> dict[str, float]:
     """Repeated character 4-gram and word 3-gram rates of a sample."""
     return {"char4": repeated_ngram_rate(text, 4), "word3": repeated_ngram_rate(text.split(), 3)}
+
+
+def build_from_manifest(arch: dict) -> CharRNN:
+    """A fresh CharRNN from a model-registry ``architecture`` entry (weights are loaded after).
+
+    The vocabulary (``kwargs["chars"]``, in id order) travels with the architecture: ids are
+    meaningless without it.
+    """
+    if arch.get("class") != "CharRNN":
+        raise ValueError(f"mastery.text.charlm cannot build {arch.get('class')!r}; known: CharRNN")
+    kwargs = dict(arch.get("kwargs", {}))
+    chars = kwargs.pop("chars", None)
+    model = CharRNN(len(chars) if chars else kwargs.pop("vocab_size"), **kwargs)
+    model.chars = list(chars or [])
+    return model
+
+
+def vocabulary_from_chars(chars: Sequence[str]) -> CharVocabulary:
+    """The CharVocabulary whose ids are the positions in ``chars`` (as saved with a registered model)."""
+    return CharVocabulary("".join(chars))

@@ -275,3 +275,12 @@ def sanity_top5(name: str, weights: Path | str, image: Any, image_size: int = 22
     top = probs.topk(5)
     names = imagenet_categories()
     return [(names[int(i)], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+
+
+def build_from_manifest(arch: dict) -> TransferNet:
+    """A TransferNet (random weights) from a model-registry ``architecture`` entry; weights are loaded after."""
+    if arch.get("class") != "TransferNet":
+        raise ValueError(f"mastery.vision.backbones cannot build {arch.get('class')!r}; known: TransferNet")
+    kw = dict(arch.get("kwargs", {}))
+    return build_transfer_net(kw["backbone"], None, int(kw["num_classes"]), image_size=int(kw["image_size"]),
+                              dropout=float(kw.get("dropout", 0.2)), tail_blocks=kw.get("tail_blocks"))

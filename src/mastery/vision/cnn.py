@@ -183,3 +183,10 @@ def train_classifier(model: nn.Module, loader: DataLoader, setup: TrainSetup, de
         log.info("epoch %d/%d %s (%.1fs)", epoch, setup.epochs,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), history.epoch_seconds[-1])
     return history
+
+
+def build_from_manifest(arch: dict) -> CifarCNN:
+    """A fresh CifarCNN from a model-registry ``architecture`` entry (weights are loaded after)."""
+    if arch.get("class") != "CifarCNN":
+        raise ValueError(f"mastery.vision.cnn cannot build {arch.get('class')!r}; known: CifarCNN")
+    return CifarCNN(**arch.get("kwargs", {}))

@@ -71,3 +71,10 @@ class UNet(nn.Module):
                 y = up(y, skips.pop())  # one level up, joined with the encoder's map of that size
             logits = self.outc(y)  # (B, out_channels, H, W)
         return logits.float()
+
+
+def build_from_manifest(arch: dict) -> UNet:
+    """A fresh UNet from a model-registry ``architecture`` entry (weights are loaded after)."""
+    if arch.get("class") != "UNet":
+        raise ValueError(f"mastery.vision.unet cannot build {arch.get('class')!r}; known: UNet")
+    return UNet(**arch.get("kwargs", {}))
