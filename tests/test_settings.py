@@ -31,6 +31,7 @@ def test_defaults(clean_env: Path) -> None:
     assert s.cache == Path("~/.cache/mastery").expanduser()
     assert s.model_store == s.cache / "models"  # derived from the cache, not a fixed path
     assert s.data_dir == () and s.threads is None and s.kb_dir is None and s.llm_api_key is None
+    assert (s.llm_backend, s.llm_timeout, s.llm_ctx) == ("embedded", 120.0, 4096)
     assert {r["source"] for r in describe()} == {"default"}
 
 
@@ -47,6 +48,17 @@ def test_precedence_default_then_env_file_then_environment(clean_env: Path, monk
     assert sources["MASTERY_THREADS"] == "environment"
     assert sources["MASTERY_CACHE"] == sources["MASTERY_LLM_MODEL"] == str(env_file.absolute())
     assert sources["MASTERY_KB_DIR"] == "default"
+
+
+def test_llm_client_settings_come_from_the_env_file(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mastery.llm.settings import load_settings
+
+    (clean_env / ".env").write_text("MASTERY_LLM_BACKEND=openai\nMASTERY_LLM_BASE_URL=http://127.0.0.1:9/v1\n"
+                                    "MASTERY_LLM_MODEL=m\nMASTERY_LLM_API_KEY=k-123\nMASTERY_THREADS=3\n")
+    llm = load_settings()
+    assert (llm.backend, llm.url, llm.model, llm.api_key, llm.threads) == ("openai", "http://127.0.0.1:9/v1", "m",
+                                                                           "k-123", 3)
+    assert load_settings(model="override").model == "override"
 
 
 def test_env_file_variable_points_elsewhere(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,3 +226,10 @@ def test_no_module_but_settings_reads_mastery_variables() -> None:
                  for path in sorted(SRC.rglob("*.py")) if path != SRC / "core" / "settings.py"
                  for line in mastery_env_reads(path.read_text())]
     assert offenders == [], "read MASTERY_* through mastery.core.settings.get_settings(): " + ", ".join(offenders)
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (SRC.parents[1] / "README.md").read_text()
+    missing = [f"MASTERY_{name.upper()}" for name in Settings.model_fields
+               if f"| `MASTERY_{name.upper()}` |" not in readme]
+    assert missing == []

@@ -37,6 +37,8 @@ ENV_FILE_VAR = "MASTERY_ENV_FILE"  # points at a .env file other than ./.env
 DEFAULT_ENV_FILE = ".env"
 DEFAULT_CACHE = Path("~/.cache/mastery")
 BACKENDS = ("embedded", "ollama", "openai")
+DEFAULT_LLM_TIMEOUT_S = 120.0
+DEFAULT_LLM_CTX = 4096
 
 # Set only while Settings.from_env builds an object from an explicit mapping instead of os.environ.
 _EXPLICIT_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("mastery_settings_env", default=None)
@@ -60,22 +62,23 @@ class Settings(BaseSettings):
     # -- assets and storage --------------------------------------------------------------------
     data_dir: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=(), description="read-only mirror folders of datasets and models, os.pathsep-separated")
-    cache: Path = Field(default=DEFAULT_CACHE, description="downloads, embeddings and other caches")
+    cache: Path = Field(default=DEFAULT_CACHE,
+                        description="downloads, embeddings and other caches (default ~/.cache/mastery)")
     model_store: Path | None = Field(default=None, description="trained-model registry folder (default <cache>/models)")
     threads: int | None = Field(default=None, ge=1, description="CPU threads for torch, BLAS and FAISS (default: all)")
     # -- retrieval and agents ------------------------------------------------------------------
     kb_dir: Path | None = Field(default=None, description="knowledge-base folder (default <cache>/kb)")
-    chroma_url: str | None = Field(default=None, description="a `chroma run` server; wins over kb_dir")
+    chroma_url: str | None = Field(default=None, description="a `chroma run` server; wins over MASTERY_KB_DIR")
     crewai_dir: Path | None = Field(default=None, description="CrewAI storage folder (default <tmp>/mastery-crewai)")
     price_table: Path | None = Field(default=None, description="LLM price table file, JSON or TOML (default: all 0)")
     # -- LLM client (validated together by mastery.llm.settings.LLMSettings) ----------------------
-    llm_backend: str | None = Field(default=None, description="embedded, ollama or openai (default embedded)")
+    llm_backend: str = Field(default=BACKENDS[0], description="embedded, ollama or openai")
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL ending in /v1")
     llm_model: str | None = Field(default=None, description="model name (default: the backend's)")
-    llm_api_key: SecretStr | None = Field(default=None, description="API key for the server")
-    llm_timeout: float | None = Field(default=None, description="seconds per LLM call (default 120)")
-    llm_threads: int | None = Field(default=None, description="embedded server threads (default: threads)")
-    llm_ctx: int | None = Field(default=None, description="embedded context length in tokens (default 4096)")
+    llm_api_key: SecretStr | None = Field(default=None, description="API key for the server (masked when shown)")
+    llm_timeout: float = Field(default=DEFAULT_LLM_TIMEOUT_S, description="seconds per LLM call")
+    llm_threads: int | None = Field(default=None, description="embedded server threads (default: MASTERY_THREADS)")
+    llm_ctx: int = Field(default=DEFAULT_LLM_CTX, description="embedded context length in tokens")
     llm_call_log: str | None = Field(default=None, description="JSONL file that gets one line per LLM call")
 
     @classmethod
@@ -117,9 +120,7 @@ class Settings(BaseSettings):
 
     @field_validator("llm_backend", mode="after")
     @classmethod
-    def _backend(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+    def _backend(cls, value: str) -> str:
         if value.lower() not in BACKENDS:
             raise ValueError(f"LLM backend must be one of {', '.join(BACKENDS)}")
         return value.lower()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mastery.core.errors import ConfigError
-from mastery.core.settings import BACKENDS, Settings, get_settings
+from mastery.core.settings import BACKENDS, DEFAULT_LLM_CTX, DEFAULT_LLM_TIMEOUT_S, Settings, get_settings
 
 EMBEDDED_MODEL = "qwen2.5-coder-0.5b-instruct-q4_k_m"  # registry name; also the alias the server answers to
 EMBEDDED_PORT = 8765  # where `mastery llm serve` listens unless told otherwise
@@ -36,9 +36,9 @@ class LLMSettings:
     base_url: str | None = None  # None (embedded only): a running `serve` on EMBEDDED_PORT, else a temporary server
     model: str | None = None  # None: the backend's default (embedded: the registry GGUF)
     api_key: str = "not-needed"  # local servers ignore it; the openai client insists on one
-    timeout_s: float = 120.0
+    timeout_s: float = DEFAULT_LLM_TIMEOUT_S
     threads: int | None = None  # embedded: llama.cpp threads (None: MASTERY_THREADS, else llama.cpp's default)
-    ctx: int = 4096  # embedded: context length in tokens
+    ctx: int = DEFAULT_LLM_CTX  # embedded: context length in tokens
     call_log: str | None = None  # a JSONL file that gets one record per call
 
     def validate(self) -> LLMSettings:
