@@ -13,6 +13,8 @@ from mastery.core.report import Report
 from mastery.core.runtime import best_of
 from mastery.nn.dense import dense_forward, dense_forward_broadcast, dense_forward_dot, dense_forward_loops, relu
 
+REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
+
 
 @dataclass(frozen=True)
 class Config:

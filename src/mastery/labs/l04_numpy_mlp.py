@@ -10,6 +10,8 @@ from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 
+REQUIRES: tuple[str, ...] = ("moons",)  # registered assets the tiny preset reads
+
 
 @dataclass(frozen=True)
 class Config:

@@ -11,6 +11,8 @@ from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
 
+REQUIRES: tuple[str, ...] = ("mnist",)  # registered assets the tiny preset reads
+
 
 @dataclass(frozen=True)
 class Config:

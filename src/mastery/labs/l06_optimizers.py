@@ -20,6 +20,9 @@ CONTESTANTS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+REQUIRES: tuple[str, ...] = ("mnist",)  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     hidden: tuple[int, ...] = (256, 128)  # MLP 784 -> hidden... -> 10, the same for every optimizer

@@ -22,6 +22,9 @@ from mastery.core.report import Report
 EXPECTED_PARAMS = ("lr", "batch_size", "epochs", "dropout", "weight_decay")
 
 
+REQUIRES: tuple[str, ...] = ("cifar10",)  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     l7_preset: str = "full"  # which L7 preset to train

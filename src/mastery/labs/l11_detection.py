@@ -12,6 +12,8 @@ from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
 
+REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
+
 
 @dataclass(frozen=True)
 class Config:

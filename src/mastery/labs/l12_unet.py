@@ -12,6 +12,9 @@ from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
 
+# registered assets the tiny preset reads
+REQUIRES: tuple[str, ...] = ("dsb2018-nuclei-sample", "dsb2018-nuclei-sample-mask")
+
 
 @dataclass(frozen=True)
 class Config:

@@ -16,6 +16,9 @@ PLOT_WORDS = ("king", "queen", "prince", "duke", "lord", "lady", "father", "moth
               "heaven", "hell", "god", "good", "bad", "sweet", "fair", "one", "two", "three", "ten", "hundred")
 
 
+REQUIRES: tuple[str, ...] = ("tinyshakespeare", "imdb", "all-minilm-l6-v2")  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     # BPE: trained on the first bpe_train_chars of tiny Shakespeare, measured on the rest (held out)

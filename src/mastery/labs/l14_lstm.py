@@ -15,6 +15,9 @@ NANOGPT_CPU_VAL_LOSS = 1.88  # nanoGPT shakespeare_char, its CPU configuration
 NANOGPT_GPU_VAL_LOSS = 1.47  # nanoGPT shakespeare_char, the GPU baby-GPT
 
 
+REQUIRES: tuple[str, ...] = ("tinyshakespeare",)  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     embed: int = 64

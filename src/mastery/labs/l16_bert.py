@@ -16,6 +16,9 @@ CLOZE = ("this movie was [MASK] .", "the acting was [MASK] and the plot was bori
          "i have never seen such a [MASK] film .", "one of the best [MASK] i have ever seen .")
 
 
+REQUIRES: tuple[str, ...] = ("imdb", "all-minilm-l6-v2")  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     # Masked-language-model pretraining of a small BERT from scratch on IMDb review text

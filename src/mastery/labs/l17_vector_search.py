@@ -14,6 +14,9 @@ from mastery.core.runtime import Device
 METHODS = ("exact", "faiss_flat", "ivf", "faiss_ivf", "faiss_hnsw")
 
 
+REQUIRES: tuple[str, ...] = ("imdb", "all-minilm-l6-v2")  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     # random vectors, uniform in the unit cube: one dataset per size

@@ -37,6 +37,9 @@ TINY_ATTACK = ("T1003.001", "T1021.001", "T1027", "T1053.005", "T1055", "T1055.0
                "T1078", "T1105", "T1110", "T1190", "T1486", "T1547.001", "T1566.001")
 
 
+REQUIRES: tuple[str, ...] = ("attack_stix", "all-minilm-l6-v2")  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     chunk_size: int = 1000  # characters per chunk

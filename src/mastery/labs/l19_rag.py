@@ -57,6 +57,9 @@ ZEPHYR_PAGES = (
 RUNBOOK = ("# Database outage runbook\n\nWhen the orders database is down, the on-call engineer is paged through the "
            "Heron channel. The first step is to fail over to the replica in the Lisbon data centre.\n")
 
+# registered assets the tiny preset reads
+REQUIRES: tuple[str, ...] = ("all-minilm-l6-v2", "qwen2.5-coder-0.5b-instruct-q4_k_m")
+
 
 @dataclass(frozen=True)
 class Config:

@@ -20,6 +20,9 @@ LABELS = {"vector": "vector (MiniLM + FAISS)", "bm25": "BM25", "hybrid": "hybrid
 CURVE_K = 20
 
 
+REQUIRES: tuple[str, ...] = ("attack_stix", "all-minilm-l6-v2")  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     n_techniques: int | None = None  # None = all current ATT&CK techniques; a seeded subset otherwise

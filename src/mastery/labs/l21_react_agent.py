@@ -59,6 +59,8 @@ TINY_DOCS = (("T1059.001", "Command and Scripting Interpreter: PowerShell", "Adv
              ("T1053.005", "Scheduled Task/Job: Scheduled Task", "Adversaries may abuse the Task Scheduler."),
              ("T1003.001", "OS Credential Dumping: LSASS Memory", "Adversaries may read LSASS process memory."))
 
+REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
+
 
 @dataclass(frozen=True)
 class Config:

@@ -21,6 +21,9 @@ HEADLINE = ("intent_accuracy", "fallback_accuracy", "retrieval_hit_rate", "draft
             "draft_cites_gold_policy_rate", "accuracy_when_agree")
 
 
+REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     # "embedded": the local Qwen2.5-Coder-0.5B via llama.cpp; "scripted": a fake (tiny)

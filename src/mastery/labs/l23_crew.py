@@ -22,6 +22,9 @@ TINY_TOPICS = FULL_TOPICS[:3]
 CLEAR_STATES = ("approved", "max_rounds", "failed", "timed_out")
 
 
+REQUIRES: tuple[str, ...] = ("attack_stix",)  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     # "embedded": the local llama.cpp server; "scripted": a deterministic fake (tiny, tests)

@@ -30,6 +30,9 @@ EXAMPLE_PRICES = {"note": "example list prices (USD per 1M tokens), for illustra
 TRACE_ID = "l24-trace-0001"
 
 
+REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     llm_timeout_s: float = 0.5  # per LLM call; the "timeout" fault answers after timeout_delay_s

@@ -25,6 +25,9 @@ from mastery.core.report import Report
 TRACE_ID = "l25-trace-0001"
 
 
+REQUIRES: tuple[str, ...] = ("titanic",)  # registered assets the tiny preset reads
+
+
 @dataclass(frozen=True)
 class Config:
     folds: int = 5  # cross-validation folds for the model's recorded metrics
