@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mastery.agents.resilience import RetryPolicy, parse_price_table
-from mastery.labs.l24_agent_api import EXAMPLE_PRICES, FALLBACK_MODEL, PRIMARY_MODEL, demo_script, demo_tools
+from mastery.eval.agent_api_fixtures import EXAMPLE_PRICES, FALLBACK_MODEL, PRIMARY_MODEL, demo_script, demo_tools
 from mastery.llm.scripted import Fault, ScriptedLLM, create_scripted_app
 from mastery.serving.agent_api import AgentAPISettings, create_app
 from mastery.serving.agent_runs import BackendSpec, RunnerSettings

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mastery.labs.l25_predict_api import PASSENGERS
+from mastery.eval.predict_fixtures import PASSENGERS
 from mastery.serving.load import concurrent_load, sequential_latency
 from mastery.serving.server import ServerProcess
 

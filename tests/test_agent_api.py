@@ -26,16 +26,11 @@ from mastery.agents.resilience import (
 )
 from mastery.agents.types import AgentResult, Step, Tool
 from mastery.core.errors import ConfigError
-from mastery.labs.l24_agent_api import (
-    EXAMPLE_PRICES,
-    FALLBACK_MODEL,
-    PRIMARY_MODEL,
-    demo_script,
-    demo_tools,
-    wait_result,
-)
+from mastery.eval.agent_api_fixtures import EXAMPLE_PRICES, FALLBACK_MODEL, PRIMARY_MODEL, demo_script, demo_tools
 from mastery.llm.errors import LLMBadResponse, LLMModelNotFound, LLMServerDown, LLMTimeout
+from mastery.llm.fake import ScriptedChat, in_order
 from mastery.llm.scripted import Fault, ScriptedLLM, create_scripted_app
+from mastery.serving.agent_client import wait_result
 from mastery.serving.server import ServerThread
 
 
@@ -95,35 +90,33 @@ def test_which_llm_errors_are_retried(error, retry):
     assert llm_retryable(error) is retry
 
 
-class FakeChat:
-    def __init__(self, name: str, failures: list[Exception]) -> None:
-        self.name, self.failures, self.calls = name, list(failures), 0
+def fake_chat(name: str, failures: list[Exception]) -> ScriptedChat:
+    """The one fake as a backend that raises ``failures`` in turn, then answers "from <name>"."""
+    return ScriptedChat(in_order(*failures, f"from {name}"), model=name)
 
-    def chat(self, messages, **kwargs):
-        self.calls += 1
-        if self.failures:
-            raise self.failures.pop(0)
-        from mastery.llm.client import Completion
 
-        return Completion(text=f"from {self.name}", prompt_tokens=10, completion_tokens=2, latency_s=0.0,
-                          time_to_first_token_s=None, model=self.name)
+def _usage(fake: ScriptedChat) -> dict[str, int]:
+    done = [c["completion"] for c in fake.calls if "completion" in c]
+    return {"prompt_tokens": sum(c.prompt_tokens for c in done),
+            "completion_tokens": sum(c.completion_tokens for c in done), "calls": len(done)}
 
 
 def test_retrying_chat_then_fallback_sticks():
     sleeps: list[float] = []
-    primary = FakeChat("p", [LLMTimeout("t")] * 3)
+    primary, backup = fake_chat("p", [LLMTimeout("t")] * 3), fake_chat("f", [])
     policy = RetryPolicy(attempts=3, base_s=0.1)
     chat = FallbackChat([RetryingChat(primary, policy, name="p", sleep=sleeps.append),
-                         RetryingChat(FakeChat("f", []), policy, name="f", sleep=sleeps.append)])
+                         RetryingChat(backup, policy, name="f", sleep=sleeps.append)])
     assert chat.chat("hi").text == "from f"
     assert chat.chat("again").text == "from f"  # sticky: the failed primary is not asked again in this run
-    assert primary.calls == 3 and len(sleeps) == 2
+    assert len(primary.calls) == 3 and len(sleeps) == 2
     assert chat.backend == "f" and chat.fallbacks == 2 and chat.backends[0].retries == 2
-    assert chat.usage == {"f": {"prompt_tokens": 20, "completion_tokens": 4, "calls": 2}}
+    assert chat.usage == {"f": _usage(backup)} and _usage(backup)["calls"] == 2 and _usage(primary)["calls"] == 0
+    assert _usage(backup)["prompt_tokens"] > 0 and _usage(backup)["completion_tokens"] > 0
 
-    recovering = RetryingChat(FakeChat("p", [LLMBadResponse("answered HTTP 503: x")]), policy, sleep=sleeps.append)
+    recovering = RetryingChat(fake_chat("p", [LLMBadResponse("answered HTTP 503: x")]), policy, sleep=sleeps.append)
     assert recovering.chat("hi").text == "from p" and recovering.retries == 1 and len(recovering.errors) == 1
-    dead = FallbackChat([FakeChat("a", [LLMModelNotFound("gone")]), FakeChat("b", [LLMServerDown("down")])],
+    dead = FallbackChat([fake_chat("a", [LLMModelNotFound("gone")]), fake_chat("b", [LLMServerDown("down")])],
                         names=["a", "b"])
     with pytest.raises(LLMServerDown):
         dead.chat("hi")

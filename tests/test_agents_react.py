@@ -13,8 +13,8 @@ from mastery.agents.tools import calculate, calculator_tool, call_tool, default_
 from mastery.agents.trace import render_json, render_markdown, render_text
 from mastery.agents.types import AgentError, Tool, ToolError
 from mastery.core.errors import ConfigError
-from mastery.llm.client import Completion
 from mastery.llm.errors import LLMBadResponse, LLMServerDown
+from mastery.llm.fake import ScriptedChat, in_order
 from mastery.retrieval.types import Hit
 from tests import llm_server as shared
 from tests.llm_server import needs_llm
@@ -137,24 +137,22 @@ def test_kb_search_formats_hits_and_default_tools():
 
 
 # -- the loop, against a scripted model -----------------------------------------------------------------------------
-class Scripted:
-    """Replies in order; a dict reply is a native tool call. Records what it was sent."""
+def scripted(*replies, on_call=None) -> ScriptedChat:
+    """The one fake, replying in call order (the last reply repeats); a dict reply is a native tool call."""
+    order = in_order(*({"content": "", "tool_calls": [r]} if isinstance(r, dict) else r for r in replies))
 
-    def __init__(self, *replies, on_call=None):
-        self.replies, self.sent, self.on_call = list(replies), [], on_call
+    def respond(messages, system):
+        if on_call:
+            on_call()
+        return order(messages, system)
 
-    def chat(self, messages, **kwargs):
-        self.sent.append({"messages": [dict(m) for m in messages], **kwargs})
-        if self.on_call:
-            self.on_call()
-        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        if isinstance(reply, Exception):
-            raise reply
-        calls = ()
-        if isinstance(reply, dict):
-            calls, reply = ({"id": "call_1", "name": reply["name"], "arguments": reply["arguments"]},), ""
-        return Completion(text=reply, prompt_tokens=100, completion_tokens=20, latency_s=0.5,
-                          time_to_first_token_s=None, model="scripted", tool_calls=calls)
+    return ScriptedChat(respond)
+
+
+def _tokens(model: ScriptedChat) -> tuple[list[int], list[int]]:
+    """The prompt and completion tokens of each call the fake answered."""
+    done = [c["completion"] for c in model.calls if "completion" in c]
+    return [c.prompt_tokens for c in done], [c.completion_tokens for c in done]
 
 
 def _agent(model, **kw):
@@ -162,7 +160,7 @@ def _agent(model, **kw):
 
 
 def test_text_mode_two_step_chain_keeps_a_full_trace():
-    model = Scripted('Thought: first 48 * 9\nAction: calculator\nAction Input: {"expression": "48 * 9"}',
+    model = scripted('Thought: first 48 * 9\nAction: calculator\nAction Input: {"expression": "48 * 9"}',
                      ' now add 120\nAction: calculator\nAction Input: {"expression": "432 + 120"}',
                      " I know the answer\nFinal Answer: 552")
     seen = []
@@ -172,59 +170,61 @@ def test_text_mode_two_step_chain_keeps_a_full_trace():
     assert [s.kind for s in result.steps] == ["tool", "tool", "final"] and seen == result.steps
     assert [s.observation for s in result.steps[:2]] == ["432", "552"]
     assert result.steps[1].thought == "now add 120"
-    assert result.prompt_tokens == 300 and result.completion_tokens == 60
-    assert all(s.llm_latency_s == 0.5 for s in result.steps)
+    prompt, completion = _tokens(model)
+    assert [s.prompt_tokens for s in result.steps] == prompt and min(prompt) > 0  # each step its own call's
+    assert [s.completion_tokens for s in result.steps] == completion and min(completion) > 0
+    assert result.prompt_tokens == sum(prompt) and result.completion_tokens == sum(completion)
     # the scratchpad goes back as the assistant's prefill, ending on "Thought:", and generation stops there
-    last = model.sent[-1]
+    last = model.calls[-1]
     assert last["messages"][-1]["role"] == "assistant" and last["messages"][-1]["content"].endswith("Thought:")
     assert "Observation: 432\nThought: now add 120" in last["messages"][-1]["content"]
-    assert last["stop"][0] == "Observation:" and "tools" not in last
+    assert last["stop"][0] == "Observation:" and not last["tools"]
 
 
 def test_format_retry_recovers_and_counts():
-    model = Scripted("I think it is 4.", "Thought: x\nAction: calculator\nAction Input: 2 + 2", "Final Answer: 4")
+    model = scripted("I think it is 4.", "Thought: x\nAction: calculator\nAction Input: 2 + 2", "Final Answer: 4")
     agent = _agent(model, mode="text")
     result = agent.run("2 + 2?")
     assert result.status == "answered" and result.steps[0].attempts == 2
-    assert "Reply in this format" in model.sent[1]["messages"][0]["content"]  # the reminder
+    assert "Reply in this format" in model.calls[1]["messages"][0]["content"]  # the reminder
     assert agent.stats.format_errors == 1 and agent.stats.recovered_by_retry == 1
 
 
 def test_two_failed_steps_give_up_with_a_reason():
-    agent = _agent(Scripted("no idea"), mode="text")
+    agent = _agent(scripted("no idea"), mode="text")
     result = agent.run("2 + 2?")
     assert result.status == "gave_up" and "did not follow the format" in result.reason
     assert [s.kind for s in result.steps] == ["format_error", "give_up"] and agent.stats.llm_calls == 4
 
 
 def test_json_fallback_in_native_mode_and_plain_text_answer():
-    model = Scripted('{"name": "calculator", "arguments": {"expression": "6 * 7"}}', "The answer is 42.")
+    model = scripted('{"name": "calculator", "arguments": {"expression": "6 * 7"}}', "The answer is 42.")
     agent = _agent(model, mode="native")
     result = agent.run("6 * 7?")
     assert result.status == "answered" and result.answer == "The answer is 42."
     assert agent.stats.json_fallback == 1 and agent.stats.native_calls == 0
-    assert model.sent[0]["tools"][0]["function"]["name"] == "calculator"
-    assert "The calculator tool returned: 42" in model.sent[1]["messages"][-1]["content"]
+    assert model.calls[0]["tools"][0]["function"]["name"] == "calculator"
+    assert "The calculator tool returned: 42" in model.calls[1]["messages"][-1]["content"]
 
 
 def test_broken_json_call_in_native_mode_is_a_format_error_not_the_answer():
-    model = Scripted('```json\n{"name": "python", "arguments": {"code": """print(1)"""}}\n```', "1")
+    model = scripted('```json\n{"name": "python", "arguments": {"code": """print(1)"""}}\n```', "1")
     agent = _agent(model, mode="native")
     result = agent.run("print 1")
     assert result.status == "answered" and result.answer == "1" and result.steps[0].attempts == 2
-    assert agent.stats.format_errors == 1 and "not valid JSON" in model.sent[1]["messages"][-1]["content"]
+    assert agent.stats.format_errors == 1 and "not valid JSON" in model.calls[1]["messages"][-1]["content"]
 
 
 def test_native_tool_calls_use_tool_messages():
-    model = Scripted({"name": "calculator", "arguments": '{"expression": "6 * 7"}'}, "42")
+    model = scripted({"name": "calculator", "arguments": '{"expression": "6 * 7"}'}, "42")
     agent = _agent(model, mode="native")
     result = agent.run("6 * 7?")
     assert result.answer == "42" and result.steps[0].native and agent.stats.native_calls == 1
-    assert [m["role"] for m in model.sent[1]["messages"]] == ["user", "assistant", "tool"]
+    assert [m["role"] for m in model.calls[1]["messages"]] == ["user", "assistant", "tool"]
 
 
 def test_auto_mode_falls_back_to_text_when_tools_are_refused():
-    model = Scripted(LLMBadResponse("HTTP 400: tools not supported"), "Final Answer: 4")
+    model = scripted(LLMBadResponse("HTTP 400: tools not supported"), "Final Answer: 4")
     agent = _agent(model, mode="auto")
     result = agent.run("2 + 2?")
     assert result.status == "answered" and agent.stats.mode_used == "text" and agent.stats.notes
@@ -233,7 +233,7 @@ def test_auto_mode_falls_back_to_text_when_tools_are_refused():
 
 
 def test_unknown_tool_and_tool_errors_become_observations():
-    model = Scripted("Thought: x\nAction: web_browser\nAction Input: {\"url\": \"x\"}",
+    model = scripted("Thought: x\nAction: web_browser\nAction Input: {\"url\": \"x\"}",
                      "Thought: x\nAction: calculator\nAction Input: 1 / 0", "Final Answer: undefined")
     result = _agent(model, mode="text").run("1 / 0?")
     assert [s.kind for s in result.steps] == ["tool_error", "tool_error", "final"]
@@ -243,25 +243,25 @@ def test_unknown_tool_and_tool_errors_become_observations():
 
 def test_loop_breaker_nudges_then_gives_up():
     call = 'Thought: x\nAction: calculator\nAction Input: {"expression": "17 * 23 + 5"}'
-    result = _agent(Scripted(call), mode="text").run("17 * 23 + 5?")
+    result = _agent(scripted(call), mode="text").run("17 * 23 + 5?")
     assert [s.kind for s in result.steps] == ["tool", "tool_error", "give_up"]
     assert "already called calculator" in result.steps[1].observation
     assert result.status == "gave_up" and result.reason.startswith("loop:")
 
 
 def test_echo_of_the_last_result_counts_as_a_repeat_and_withdraws_tools_in_native_mode():
-    model = Scripted('{"name": "calculator", "arguments": {"expression": "17 * 23 + 5"}}',
+    model = scripted('{"name": "calculator", "arguments": {"expression": "17 * 23 + 5"}}',
                      '{"name": "calculator", "arguments": {"expression": "396"}}', "396")
     result = _agent(model, mode="native").run("17 * 23 + 5?")
     assert result.status == "answered" and result.answer == "396"
-    ask = model.sent[2]["messages"]
-    assert "tools" not in model.sent[2] and len(ask) == 1 and "Reply with just the answer" in ask[0]["content"]
+    ask = model.calls[2]["messages"]
+    assert not model.calls[2]["tools"] and len(ask) == 1 and "Reply with just the answer" in ask[0]["content"]
     assert 'calculator({"expression": "17 * 23 + 5"}) returned: 396' in ask[0]["content"]
 
 
 def test_max_steps():
     replies = [f'Thought: x\nAction: calculator\nAction Input: {{"expression": "{i} + 1"}}' for i in range(10)]
-    result = _agent(Scripted(*replies), mode="text", max_steps=3).run("count")
+    result = _agent(scripted(*replies), mode="text", max_steps=3).run("count")
     assert result.status == "max_steps" and len(result.steps) == 3 and "after 3 steps" in result.reason
 
 
@@ -269,14 +269,14 @@ def test_deadline_stops_the_run(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     call = 'Thought: x\nAction: calculator\nAction Input: {{"expression": "{} + 1"}}'
-    model = Scripted(call.format(1), call.format(2), call.format(3),
+    model = scripted(call.format(1), call.format(2), call.format(3),
                      on_call=lambda: clock.__setitem__(0, clock[0] + 10))
     result = _agent(model, mode="text").run("count", deadline=15.0)
     assert result.status == "timed_out" and len(result.steps) == 2 and "deadline" in result.reason
 
 
 def test_llm_failure_ends_as_failed():
-    result = _agent(Scripted(LLMServerDown("no LLM server answers")), mode="text").run("2 + 2?")
+    result = _agent(scripted(LLMServerDown("no LLM server answers")), mode="text").run("2 + 2?")
     assert result.status == "failed" and "LLMServerDown" in result.reason
 
 
@@ -284,7 +284,7 @@ def test_tool_timeout_is_an_observation():
     release = threading.Event()
     slow = Tool("slow", "hangs", {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]},
                 lambda a: str(release.wait(5)), timeout_s=0.05)
-    model = Scripted("Thought: x\nAction: slow\nAction Input: go", "Final Answer: it timed out")
+    model = scripted("Thought: x\nAction: slow\nAction Input: go", "Final Answer: it timed out")
     result = ReActAgent(model, [slow], mode="text").run("try the slow tool")
     release.set()
     assert result.steps[0].kind == "tool_error" and "did not finish within 0.05s" in result.steps[0].observation
@@ -292,14 +292,16 @@ def test_tool_timeout_is_an_observation():
 
 
 def test_trace_renderings():
-    model = Scripted('Thought: compute\nAction: calculator\nAction Input: {"expression": "6 * 7"}', "Final Answer: 42")
+    model = scripted('Thought: compute\nAction: calculator\nAction Input: {"expression": "6 * 7"}', "Final Answer: 42")
     result = _agent(model, mode="text").run("6 * 7?")
     text = render_text(result)
     assert "Action: calculator" in text and "Observation: 42" in text and "Final Answer: 42" in text
-    assert text.splitlines()[-1].startswith("answered: 2 step(s), 200+40 tokens")
+    prompt, completion = _tokens(model)
+    assert text.splitlines()[-1].startswith(f"answered: 2 step(s), {sum(prompt)}+{sum(completion)} tokens")
     assert "```text" in render_markdown(result) and "**answered**" in render_markdown(result)
     data = json.loads(render_json(result, mode_used="text"))
-    assert data["steps"][0]["observation"] == "42" and data["prompt_tokens"] == 200 and data["mode_used"] == "text"
+    assert data["steps"][0]["observation"] == "42" and data["prompt_tokens"] == sum(prompt)
+    assert data["mode_used"] == "text"
 
 
 # -- the real thing -------------------------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ from mastery.agents.support.drafting import (
 )
 from mastery.agents.support.graph import BotSettings, SupportBot, SupportDeps, SupportError
 from mastery.agents.support.policies import PolicyIndex, load_policies, parse_policy
-from mastery.agents.support.scripted import ScriptedChat, keyword_script
+from mastery.agents.support.scripted import keyword_script
 from mastery.cli import main
 from mastery.llm.errors import LLMServerDown
+from mastery.llm.fake import ScriptedChat
 from tests import llm_server as shared
 from tests.llm_server import needs_llm
 
@@ -99,11 +100,8 @@ def test_classification_paths_and_llm_errors_fall_back():
     assert (invented.intent, invented.decided_by, invented.attempts) == ("billing", "keywords", 2)
     assert "unknown intent" in invented.error
 
-    class Down:
-        def chat(self, *args, **kwargs):
-            raise LLMServerDown("no LLM server answers at http://127.0.0.1:1/v1")
-
-    down = classify_message(Down(), MESSAGES["good"], fallback)
+    down = classify_message(ScriptedChat([LLMServerDown("no LLM server answers at http://127.0.0.1:1/v1")]),
+                            MESSAGES["good"], fallback)
     assert down.decided_by == "keywords" and down.intent == "refund" and "LLMServerDown" in down.error
     assert FallbackClassifier().classify("What is the meaning of life?").decided_by == "none"
 

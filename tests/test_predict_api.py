@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mastery.labs.l25_predict_api import BAD_REQUESTS, PASSENGERS
+from mastery.eval.predict_fixtures import BAD_REQUESTS, PASSENGERS
 from mastery.serving.artifacts import (
     TRUSTED_TYPES,
     ArtifactError,

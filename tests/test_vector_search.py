@@ -237,8 +237,10 @@ def test_embedding_cache_is_keyed_and_reused(monkeypatch):
 
 
 def test_lab_config_validation():
-    from mastery.labs.l17_vector_search import PRESETS, Config
+    from mastery.core.labs import load_lab
 
+    lab = load_lab("l17").module  # through the lab registry: only it and the CLI import mastery.labs
+    PRESETS, Config = lab.PRESETS, lab.Config
     PRESETS["tiny"].validate()
     PRESETS["full"].validate()
     assert PRESETS["full"].nlist(1_000_000) == 4000

@@ -34,8 +34,9 @@ from typing import Any, Literal
 
 from mastery.agents.parsing import Parsed, ParseError, parse_arguments_json, parse_reply
 from mastery.agents.tools import call_tool, coerce_arguments
-from mastery.agents.types import AgentError, AgentResult, ChatModel, Step, StepCallback, Tool, ToolError
+from mastery.agents.types import AgentError, AgentResult, Step, StepCallback, Tool, ToolError
 from mastery.llm.errors import LLMBadResponse, LLMError
+from mastery.llm.types import ChatModel
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mastery.agents.types import AgentResult, ChatModel, Tool
+from mastery.agents.types import AgentResult, Tool
 from mastery.core.errors import ConfigError
 from mastery.llm.errors import LLMBadResponse, LLMError, LLMModelNotFound, LLMServerDown, LLMTimeout
+from mastery.llm.types import ChatModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

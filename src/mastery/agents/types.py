@@ -1,4 +1,5 @@
-"""The agent vocabulary every agent part shares: tools, steps, results, and the LLM an agent talks to.
+"""The agent vocabulary every agent part shares: tools, steps and results (the LLM an agent talks to is a
+:class:`mastery.llm.types.ChatModel`).
 
 The ReAct loop (:mod:`mastery.agents.react`), the resilient wrappers (:mod:`mastery.agents.resilience`),
 the agent API (:mod:`mastery.serving.agent_api`) and the capstones all speak these types, so a trace
@@ -7,9 +8,9 @@ recorded by one is read by the others without conversion.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from mastery.core.errors import MasteryError
 
@@ -92,17 +93,6 @@ class AgentResult:
         out = asdict(self)
         out.update(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
         return out
-
-
-class ChatModel(Protocol):
-    """What an agent needs of an LLM: :class:`mastery.llm.client.LLMClient` satisfies it, and so do the
-    retrying/fallback wrappers and the scripted fakes used in tests."""
-
-    def chat(self, messages: Any, *, system: str | None = None, max_tokens: int = 256,
-             temperature: float = 0.0, seed: int | None = 0, stop: list[str] | None = None,
-             extra_body: dict[str, Any] | None = None, tools: Sequence[dict[str, Any]] | None = None) -> Any:
-        """Returns a :class:`mastery.llm.client.Completion` (with ``tool_calls`` when ``tools`` were given)."""
-        ...
 
 
 StepCallback = Callable[[Step], None]

@@ -56,7 +56,8 @@ PRESETS = {
 @contextlib.contextmanager
 def _open_llm(config: Config):
     if config.llm == "scripted":
-        from mastery.agents.support.scripted import TINY_BEHAVIOUR, ScriptedChat, keyword_script
+        from mastery.agents.support.scripted import TINY_BEHAVIOUR, keyword_script
+        from mastery.llm.fake import ScriptedChat
 
         yield ScriptedChat(keyword_script(TINY_BEHAVIOUR))
         return

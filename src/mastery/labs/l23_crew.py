@@ -66,9 +66,10 @@ PRESETS = {
 
 def run(config: Config, progress: Progress) -> Report:
     from mastery.agents.crew.crew import CrewSettings, run_crew
-    from mastery.agents.crew.fake import ScriptedChat
+    from mastery.agents.crew.scripted import crew_script
     from mastery.agents.crew.search import KBSearch
     from mastery.core.labs import new_report
+    from mastery.llm.fake import ScriptedChat
 
     report = new_report("l23", config)
     settings = CrewSettings(rounds=config.rounds, k=config.k, passage_chars=config.passage_chars,
@@ -80,7 +81,7 @@ def run(config: Config, progress: Progress) -> Report:
     if config.llm == "scripted":
         report.device = "scripted fake LLM (deterministic, no model); search: BM25 over ATT&CK on CPU"
         for topic in config.topics:
-            results.append(run_crew(topic, ScriptedChat(config.scripted_verdicts), backend, settings))
+            results.append(run_crew(topic, ScriptedChat(crew_script(config.scripted_verdicts)), backend, settings))
             progress.step(1, approved=float(results[-1].approved))
     else:
         from mastery.llm.client import open_client
@@ -94,7 +95,7 @@ def run(config: Config, progress: Progress) -> Report:
             for topic in config.topics:
                 results.append(run_crew(topic, llm, backend, settings))
                 progress.step(1, approved=float(results[-1].approved), rounds=results[-1].rounds)
-    fault = run_crew(config.topics[0], ScriptedChat(mode="garbage"), backend, settings) \
+    fault = run_crew(config.topics[0], ScriptedChat(crew_script(mode="garbage")), backend, settings) \
         if config.fault_injection else None
     _report(report, config, results, fault, backend.source)
     return report

@@ -21,12 +21,16 @@ from typing import Any
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
+from mastery.eval.agent_api_fixtures import (
+    EMBEDDED_QUESTIONS,
+    EXAMPLE_PRICES,
+    FALLBACK_MODEL,
+    PRIMARY_MODEL,
+    demo_script,
+    demo_tools,
+)
+from mastery.serving.agent_client import wait_result
 
-PRIMARY_MODEL = "gpt-4o-mini"  # the scripted primary is priced as this hosted model (example list price)
-FALLBACK_MODEL = "qwen2.5-coder-0.5b-instruct-q4_k_m"  # local: costs 0
-EXAMPLE_PRICES = {"note": "example list prices (USD per 1M tokens), for illustration only",
-                  "models": {"gpt-4o-mini": {"prompt_per_1m": 0.15, "completion_per_1m": 0.60},
-                             "gpt-4o": {"prompt_per_1m": 2.50, "completion_per_1m": 10.00}}}
 TRACE_ID = "l24-trace-0001"
 
 
@@ -77,34 +81,6 @@ SCENARIOS: list[tuple[str, str, list[tuple[str, dict[str, Any]]], dict[str, Any]
     ("failing tool", "Look up the ATT&CK ID of phishing [lookup]", [], {}, "answered"),
     ("run deadline", "Count upwards with the calculator [slow]", [("slow", {})], {"max_steps": 12}, "timed_out"),
 ]
-
-
-def demo_tools() -> list[Any]:
-    """The calculator (L21's) and ``lookup``, a tool that always fails (its service is "down")."""
-    from mastery.agents.tools import calculator_tool
-    from mastery.agents.types import Tool
-
-    def lookup(args: dict[str, Any]) -> str:
-        raise ConnectionError("the lookup service is down")
-
-    return [calculator_tool(), Tool("lookup", "Look up a fact in the reference service.",
-                                    {"type": "object", "properties": {"query": {"type": "string"}},
-                                     "required": ["query"]}, lookup, timeout_s=2.0)]
-
-
-def demo_script() -> Any:
-    """Replies per question for the scripted LLMs (native tool calls, then an answer)."""
-    from mastery.llm.scripted import QuestionScript, tool_call
-
-    count = [tool_call("calculator", expression=f"{i} + 1") for i in range(1, 40)]
-    return QuestionScript({
-        "[lookup]": [tool_call("lookup", query="phishing"), "The lookup service is down, so I cannot look it up."],
-        "[slow]": count,
-        "17 * 23": [tool_call("calculator", expression="17 * 23"), "391"],
-        "6 * 7": [tool_call("calculator", expression="6 * 7"), "42"],
-    }, default=["I can only answer the questions of this lab."])
-    # Other questions (the fuzzer's) get a direct answer: no tool call, so no calculator (ast.parse) runs in a
-    # worker thread while hypothesis parses source in the main one; CPython 3.11.7's ast is not thread-safe there.
 
 
 def run(config: Config, progress: Progress) -> Report:
@@ -192,24 +168,6 @@ def _faults(config: Config, spec: list[tuple[str, dict[str, Any]]]) -> list[Any]
         else:
             out.append(Fault(kind, **when))  # type: ignore[arg-type]
     return out
-
-
-def wait_result(client: Any, run_id: str, after: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Read ``GET /runs/{id}/events`` to its end: the step events and the final result event."""
-    steps, result = [], {}
-    headers = {"Last-Event-ID": str(after)} if after else {}
-    with client.stream("GET", f"/runs/{run_id}/events", headers=headers) as stream:
-        event = None
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event in ("step", "result"):
-                data = json.loads(line.split(":", 1)[1])
-                if event == "step":
-                    steps.append(data)
-                else:
-                    result = data
-    return steps, result
 
 
 def _scenarios(report: Report, config: Config, url: str, primary: Any, progress: Progress) -> list[dict[str, Any]]:
@@ -390,10 +348,6 @@ def _restart(report: Report, config: Config, db: Path, backends: list[Any], pric
     report.check("restart_keeps_runs", kept == len(before) and orphan_status == "interrupted",
                  "after a restart every finished run reads the same; an in-flight one reads interrupted",
                  f"{kept}/{len(before)}, orphan {orphan_status}")
-
-
-EMBEDDED_QUESTIONS = [("What is 17 * 23 + 5?", "396"), ("What is (123 + 456) * 2?", "1158"),
-                      ("What is 2 ** 10 - 24?", "1000"), ("What is sqrt(144) * 3?", "36")]
 
 
 def _embedded(report: Report, config: Config, tmp: Path, prices: Any, progress: Progress) -> None:

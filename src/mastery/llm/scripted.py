@@ -5,28 +5,28 @@
         LLMClient(base_url=server.url + "/v1", model="scripted").chat("hi")
     scripted.set_faults([Fault("http_503", first=2)])                 # the next two calls fail with 503
 
-Replies are chosen by the conversation's turn, not by arrival order: turn = the number of assistant
-messages in the request, so concurrent agent runs each follow the script from its start. A reply is a
-string (the message content) or ``{"content": ..., "tool_calls": [{"name", "arguments"}]}``; a callable
-``responder(messages) -> reply`` replaces the list. Faults (:class:`Fault`) pick calls by their arrival
-number: ``delay`` (answer late, to force client timeouts), ``http_500``/``http_503`` (an error body), and
-``drop`` (headers, half a body, then the connection closes).
+The answers come from the one fake, :class:`mastery.llm.fake.ScriptedChat` (a list of replies played by
+the conversation's turn, or a responder ``(messages, system) -> reply``): a client talking to this server
+gets what it would get from the fake in process, token counts included. The system prompt is taken out of
+the messages and handed to the fake as ``system``, as :meth:`LLMClient.chat` put it in. Faults
+(:class:`Fault`) pick calls by their arrival number: ``delay`` (answer late, to force client timeouts),
+``http_500``/``http_503`` (an error body), and ``drop`` (headers, half a body, then the connection closes).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint signatures at runtime.
 import asyncio
-import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from mastery.llm.fake import Reply, Responder, ScriptedChat
 
 log = logging.getLogger(__name__)
 
 FaultKind = Literal["delay", "http_500", "http_503", "drop"]
-Reply = str | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -49,47 +49,30 @@ class Fault:
         return True
 
 
-def _turn(messages: Sequence[dict[str, Any]]) -> int:
-    turns = sum(1 for m in messages if m.get("role") == "assistant")
-    if turns:
-        return turns
-    # an agent that keeps the whole transcript in one user message: count its observations instead
-    return sum(str(m.get("content") or "").count("Observation:") for m in messages if m.get("role") == "user")
-
-
 class ScriptedLLM:
-    """The script, the faults and a record of the calls, shared by the app and the test that drives it."""
+    """The fake behind the server, the faults, and a count of the calls by outcome, shared by the app and the
+    test that drives it. ``script``: what :class:`ScriptedChat` takes, or a ScriptedChat."""
 
-    def __init__(self, script: Sequence[Reply] | Callable[[list[dict[str, Any]]], Reply] = ("OK",), *,
+    def __init__(self, script: Sequence[Reply] | Responder | ScriptedChat = ("OK",), *,
                  model: str = "scripted", faults: Sequence[Fault] = ()) -> None:
-        self.script, self.model = script, model
+        self.fake = script if isinstance(script, ScriptedChat) else ScriptedChat(script, model=model)
+        self.model = model
         self._lock = threading.Lock()
         self.set_faults(faults)
 
     def set_faults(self, faults: Sequence[Fault]) -> None:
         with self._lock:
             self.faults = list(faults)
-            self.calls = 0
+            self.arrivals = 0
             self.outcomes: Counter[str] = Counter()  # "ok", or the fault kind
 
     def next_call(self) -> tuple[int, Fault | None]:
         with self._lock:
-            self.calls += 1
-            n = self.calls
+            self.arrivals += 1
+            n = self.arrivals
             fault = next((f for f in self.faults if f.applies(n)), None)
             self.outcomes[fault.kind if fault else "ok"] += 1
         return n, fault
-
-    def reply(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        if callable(self.script):
-            raw = self.script(messages)
-        else:
-            raw = self.script[min(_turn(messages), len(self.script) - 1)]
-        return {"content": raw} if isinstance(raw, str) else dict(raw)
-
-
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)  # a stable stand-in for a tokenizer: about 4 characters a token
 
 
 def create_scripted_app(scripted: ScriptedLLM) -> Any:
@@ -121,21 +104,22 @@ def create_scripted_app(scripted: ScriptedLLM) -> Any:
         if fault is not None and fault.kind == "drop":
             return _dropped()
         messages = list(body.get("messages") or [])
-        reply = scripted.reply(messages)
-        content = reply.get("content")
+        stop = body.get("stop")
+        system = "\n\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
+        completion = scripted.fake.chat([m for m in messages if m.get("role") != "system"], system=system or None,
+                                        max_tokens=int(body.get("max_tokens") or 256),
+                                        stop=[stop] if isinstance(stop, str) else stop,
+                                        tools=body.get("tools"))
         calls = [{"id": f"call_{n}_{i}", "type": "function",
-                  "function": {"name": c["name"], "arguments": c["arguments"] if isinstance(c["arguments"], str)
-                               else json.dumps(c["arguments"])}}
-                 for i, c in enumerate(reply.get("tool_calls") or [])]
-        message: dict[str, Any] = {"role": "assistant", "content": content}
+                  "function": {"name": c["name"], "arguments": c["arguments"]}}
+                 for i, c in enumerate(completion.tool_calls)]
+        message: dict[str, Any] = {"role": "assistant", "content": completion.text}
         if calls:
             message["tool_calls"] = calls
-        prompt = json.dumps(messages)
-        completion_tokens = _tokens(str(content or "") + json.dumps(calls))
         return {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": scripted.model,
-                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
-                "usage": {"prompt_tokens": _tokens(prompt), "completion_tokens": completion_tokens,
-                          "total_tokens": _tokens(prompt) + completion_tokens}}
+                "choices": [{"index": 0, "message": message, "finish_reason": completion.finish_reason}],
+                "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+                          "total_tokens": completion.prompt_tokens + completion.completion_tokens}}
 
     return app
 
@@ -154,22 +138,3 @@ def _dropped() -> Any:
             raise ConnectionAbortedError("scripted fault: connection dropped mid-response")
 
     return Dropped()
-
-
-class QuestionScript:
-    """A responder that plays one script per question: the first key found in the conversation's first user
-    message picks the list of replies (by turn); ``default`` plays otherwise. Lets one server drive several
-    scenarios at once (``ScriptedLLM(QuestionScript({...}))``)."""
-
-    def __init__(self, plans: dict[str, Sequence[Reply]], default: Sequence[Reply] = ("I don't know.",)) -> None:
-        self.plans, self.default = plans, default
-
-    def __call__(self, messages: list[dict[str, Any]]) -> Reply:
-        first = next((str(m.get("content") or "") for m in messages if m.get("role") == "user"), "")
-        plan = next((p for key, p in self.plans.items() if key in first), self.default)
-        return plan[min(_turn(messages), len(plan) - 1)]
-
-
-def tool_call(name: str, **arguments: Any) -> dict[str, Any]:
-    """A scripted reply that calls a tool the native (OpenAI ``tool_calls``) way."""
-    return {"content": "", "tool_calls": [{"name": name, "arguments": arguments}]}

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mastery.agents.resilience import FallbackChat, PriceTable, RetryingChat, RetryPolicy, RunCost, retrying_tool
-from mastery.agents.types import AgentError, ChatModel, Step, Tool
+from mastery.agents.types import AgentError, Step, Tool
 from mastery.core.errors import ConfigError, MasteryError
+from mastery.llm.types import ChatModel
 
 log = logging.getLogger("mastery.serving.agent")
 

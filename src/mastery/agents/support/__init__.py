@@ -5,7 +5,7 @@ edit or reject it, then send; a LangGraph ``StateGraph`` checkpointed in SQLite 
 - :mod:`.classify`: the LLM intent classifier (JSON, one retry) and the keyword/embedding fallback;
 - :mod:`.drafting`: the reply email (LLM, checked, or a template built from the policy) and the outbox;
 - :mod:`.graph`: the graph, its state, and :class:`~.graph.SupportBot` (ask / review / show);
-- :mod:`.scripted`: a scripted ChatModel for tests and the lab's tiny preset;
+- :mod:`.scripted`: scripts for the scripted fake model (tests and the lab's tiny preset);
 - :mod:`.dataset`: labelled customer messages for the lab.
 """
 

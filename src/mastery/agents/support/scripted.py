@@ -1,39 +1,17 @@
-"""A scripted ChatModel: replies come from a function of the conversation, so the graph's every path (good JSON,
-garbage, an invented intent, an unusable draft) can be driven deterministically without a model."""
+"""The support workflow's scripts for the one fake (:class:`mastery.llm.fake.ScriptedChat`): replies come from a
+function of the conversation, so the graph's every path (good JSON, garbage, an invented intent, an unusable
+draft) can be driven deterministically without a model.
+
+    llm = ScriptedChat(keyword_script(TINY_BEHAVIOUR))
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from mastery.llm.client import Completion
-
-Script = Callable[[list[dict[str, Any]], str], str]  # (messages, system prompt) -> reply text
-
-
-class ScriptedChat:
-    """Satisfies :class:`mastery.agents.types.ChatModel`; records every call in ``calls``."""
-
-    def __init__(self, script: Script, name: str = "scripted") -> None:
-        self.script, self.name = script, name
-        self.calls: list[dict[str, Any]] = []
-        self.device = f"{name} (no model)"
-        self.server = None
-
-    def chat(self, messages: Any, *, system: str | None = None, max_tokens: int = 256, temperature: float = 0.0,
-             seed: int | None = 0, stop: list[str] | None = None, extra_body: dict[str, Any] | None = None,
-             tools: Sequence[dict[str, Any]] | None = None) -> Completion:
-        msgs = [{"role": "user", "content": messages}] if isinstance(messages, str) else [dict(m) for m in messages]
-        text = self.script(msgs, system or "")
-        for s in stop or []:  # the server would stop there too
-            text = text.split(s, 1)[0]
-        words = len(text.split())
-        self.calls.append({"system": system, "messages": msgs, "reply": text})
-        prompt = sum(len(str(m.get("content", "")).split()) for m in msgs) + len((system or "").split())
-        return Completion(text=text, prompt_tokens=prompt, completion_tokens=words, latency_s=0.0,
-                          time_to_first_token_s=None, model=self.name,
-                          finish_reason="length" if words > max_tokens else "stop")
+Script = Callable[[list[dict[str, Any]], str], str]  # a responder: (messages, system prompt) -> reply text
 
 
 def last_user(messages: list[dict[str, Any]]) -> str:

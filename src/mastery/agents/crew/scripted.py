@@ -1,4 +1,7 @@
-"""A scripted stand-in for the LLM: deterministic, instant, and able to misbehave on purpose.
+"""The crew's script for the one fake (:class:`mastery.llm.fake.ScriptedChat`): deterministic, instant, and
+able to misbehave on purpose.
+
+    llm = ScriptedChat(crew_script(verdicts=("REVISE", "APPROVE")))
 
 The lab's tiny preset and the tests run the real CrewAI machinery against it. It recognises the agent from
 CrewAI's system prompt ("You are Researcher. ...") and answers like a small model would:
@@ -16,45 +19,36 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
-from mastery.llm.client import Completion
+from mastery.core.errors import ConfigError
+from mastery.llm.fake import Responder
 
 _ID = re.compile(r"\[([^\]\n]{1,40})\]")
 
 
-def _text(messages: Any) -> str:
-    return messages if isinstance(messages, str) else "\n".join(str(m.get("content") or "") for m in messages)
+def crew_script(verdicts: Sequence[str] = ("APPROVE",), mode: Literal["normal", "garbage", "empty"] = "normal"
+                ) -> Responder:
+    """A responder for a ScriptedChat that plays the crew's three agents (one instance per crew run: the
+    critic's verdicts are used up in order)."""
+    if mode not in ("normal", "garbage", "empty"):
+        raise ConfigError(f"mode must be normal, garbage or empty, got {mode!r}")
+    verdicts = list(verdicts)
+    reviews = [0]
+    lock = threading.Lock()
 
-
-class ScriptedChat:
-    def __init__(self, verdicts: Sequence[str] = ("APPROVE",), mode: str = "normal") -> None:
-        if mode not in ("normal", "garbage", "empty"):
-            raise ValueError(f"mode must be normal, garbage or empty, got {mode!r}")
-        self.verdicts, self.mode = list(verdicts), mode
-        self.model = "scripted"
-        self.calls: list[dict[str, Any]] = []
-        self._reviews = 0
-
-    def chat(self, messages: Any, *, system: str | None = None, max_tokens: int = 256, temperature: float = 0.0,
-             seed: int | None = 0, stop: list[str] | None = None, extra_body: dict[str, Any] | None = None,
-             tools: Any = None) -> Completion:
-        prompt = _text(messages)
-        turns = 0 if isinstance(messages, str) else sum(m.get("role") == "assistant" for m in messages)
-        reply = self._reply(prompt, turns)
-        self.calls.append({"prompt": prompt, "reply": reply})
-        # token counts: words, so the numbers are deterministic and of a plausible size
-        return Completion(text=reply, prompt_tokens=len(prompt.split()), completion_tokens=len(reply.split()),
-                          latency_s=0.0, time_to_first_token_s=None, model=self.model, finish_reason="stop")
-
-    def _reply(self, prompt: str, turns: int) -> str:
-        if self.mode == "empty":
+    def respond(messages: list[dict[str, Any]], system: str) -> str:
+        if mode == "empty":
             return ""
-        if self.mode == "garbage":
+        if mode == "garbage":
             return "}}{{ ??? lorem ipsum <tool>"
+        prompt = "\n".join([*([system] if system else []), *(str(m.get("content") or "") for m in messages)])
+        turns = sum(m.get("role") == "assistant" for m in messages)
         head = prompt[:200]
-        first_id = next((m for m in _ID.findall(prompt.split("Sources:", 1)[-1]) if re.match(r"T\d{4}", m)), "T0000")
+        first_id = next((m for m in _ID.findall(prompt.split("Sources:", 1)[-1]) if re.match(r"T\d{4}", m)),
+                        "T0000")
         if "You are Researcher" in head:
             if turns == 0:  # CrewAI appends the tool's observation as an assistant turn
                 topic = re.search(r"Topic: (.+)", prompt)
@@ -68,7 +62,10 @@ class ScriptedChat:
             if "Reviewer notes:" in prompt:
                 return f"Final Answer: Adversaries abuse this technique [{first_id}], as the source describes. " \
                        "Defenders detect it by monitoring process and task creation."
-            verdict = self.verdicts[self._reviews] if self._reviews < len(self.verdicts) else "APPROVE"
-            self._reviews += 1
+            with lock:
+                verdict = verdicts[reviews[0]] if reviews[0] < len(verdicts) else "APPROVE"
+                reviews[0] += 1
             return f"VERDICT: {verdict}" + ("" if verdict == "APPROVE" else "\nAdd how it is detected.")
         return "Final Answer: ok"
+
+    return respond
