@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
 import pytest
 
 from mastery.agents.crew.crew import (
@@ -28,9 +29,11 @@ from mastery.agents.crew.search import (
     SearxNGSearch,
     make_search,
 )
+from mastery.agents.tools import call_tool
 from mastery.cli import main
 from mastery.core.errors import ConfigError
-from mastery.retrieval.types import Document
+from mastery.retrieval.bm25 import BM25Retriever
+from mastery.retrieval.types import Document, RetrievalError
 from tests import llm_server as shared
 from tests.conftest import needs_mirror
 from tests.llm_server import needs_llm
@@ -50,31 +53,77 @@ TOPIC = "How do attackers use scheduled tasks for persistence?"
 
 # -- search ------------------------------------------------------------------------------------------
 def test_kb_search_offline_over_documents():
-    search = KBSearch(documents=DOCS)
-    assert isinstance(search, SearchBackend)
+    search = KBSearch(documents=DOCS, dense=False)
+    assert isinstance(search, SearchBackend) and search.source == ""  # opened on the first search
     hits = search.search("scheduled task persistence", 2)
     assert hits[0].citation() == "T1053.005" and hits[0].rank == 1
-    assert search.source.startswith("hybrid:3 docs")
-    with pytest.raises(SearchError, match="empty search query"):
+    assert search.source == "in memory (3 techniques); bm25"
+    with pytest.raises(RetrievalError, match="query is empty"):
         search.search("  ")
+    with pytest.raises(RetrievalError, match="k must be a positive integer"):
+        DuckDuckGoSearch().search("x", 0)  # the web backends share the same input check
 
 
-def test_kb_search_uses_chroma_when_it_has_documents_and_falls_back_otherwise():
+def test_kb_search_uses_the_knowledge_base_when_it_has_documents_and_falls_back_otherwise():
     class FakeKB:
+        location = "fake"
+
         def __init__(self, n):
             self.n = n
 
         def count(self, collection):
             return self.n
 
-    assert KBSearch(kb=FakeKB(0), documents=DOCS).search("LSASS credentials", 1)[0].citation() == "T1003.001"
-    chroma = KBSearch(kb=FakeKB(5), documents=DOCS)
-    assert chroma._kb_ready()
+        def retriever(self, collection, kind, **kwargs):
+            assert (collection, kind) == ("attack", "bm25")
+            return BM25Retriever(DOCS[2:])  # only T1003.001: where the hits came from is plain
+
+    assert KBSearch(kb=FakeKB(0), documents=DOCS, dense=False).search("scheduled tasks", 1)[0].citation() \
+        == "T1053.005"
+    chroma = KBSearch(kb=FakeKB(5), documents=DOCS, dense=False)
+    assert chroma.search("LSASS credentials", 3)[0].citation() == "T1003.001"
+    assert chroma.source == "knowledge base fake, collection attack (5 documents); bm25"
+
+
+class FirstLast:
+    """A re-ranker that scores by the passage's last character: deterministic, and unlike any first stage."""
+
+    name = "first-last"
+
+    def score(self, query, texts):
+        return np.array([ord(t.strip()[-1]) for t in texts], dtype=np.float64)
+
+
+@needs_mirror  # MiniLM
+@pytest.mark.parametrize("kb_present", [False, True])
+def test_react_tool_and_crew_search_return_the_same_hits(kb_present, tmp_path, monkeypatch):
+    """One ATT&CK search: the ReAct agent's kb_search and the crew's KBSearch agree, with or without a KB."""
+    from mastery.agents import tools
+    from mastery.retrieval import attack, rerank
+    from mastery.retrieval.kb import KnowledgeBase, SentenceEmbedder
+
+    monkeypatch.setattr(attack, "technique_documents", lambda **kw: list(DOCS))
+    monkeypatch.setattr(rerank, "find_cross_encoder", lambda device="auto": FirstLast())
+    monkeypatch.setattr(tools, "_DEFAULT_RETRIEVER", {})
+    monkeypatch.delenv("MASTERY_CHROMA_URL", raising=False)
+    monkeypatch.setenv("MASTERY_KB_DIR", str(tmp_path / "kb"))
+    if kb_present:
+        KnowledgeBase.open(tmp_path / "kb", SentenceEmbedder(device="cpu")).ingest_documents(
+            list(reversed(DOCS)), "attack")
+    react, crew = tools.default_retriever(), KBSearch()
+    for query in ("scheduled tasks for persistence", "T1003.001", "programs that start at logon"):
+        from_react = [h.metadata["technique_id"] for h in react.search(query, 3)]
+        from_crew = [h.metadata["technique_id"] for h in crew.search(query, 3)]
+        assert from_react == from_crew and len(from_react) == 3
+    assert react.name == "hybrid+rerank" and react.source.startswith("knowledge base" if kb_present else "in memory")
+    assert crew.source.startswith(react.source)
+    out = call_tool(tools.kb_search_tool(), {"query": "T1003.001", "k": 1})  # the tool's default is that search
+    assert out.startswith("1. T1003.001")
 
 
 @needs_mirror
 def test_kb_search_over_the_attack_corpus():
-    hits = KBSearch().search("scheduled tasks persistence", 3)
+    hits = KBSearch(dense=False).search("scheduled tasks persistence", 3)
     assert "T1053.005" in [h.citation() for h in hits]
 
 
@@ -135,7 +184,7 @@ def test_verdicts_citations_and_json_calls_are_parsed_tolerantly():
 
 # -- the crew on a scripted model ------------------------------------------------------------------------
 def _run(verdicts=("APPROVE",), mode="normal", rounds=2):
-    return run_crew(TOPIC, ScriptedChat(verdicts, mode), KBSearch(documents=DOCS), CrewSettings(rounds=rounds))
+    return run_crew(TOPIC, ScriptedChat(verdicts, mode), KBSearch(documents=DOCS, dense=False), CrewSettings(rounds=rounds))
 
 
 def test_crew_revise_then_approve_records_everything():
@@ -185,7 +234,7 @@ def test_crew_settings_and_topic_are_validated():
     with pytest.raises(ConfigError, match="rounds"):
         CrewSettings(rounds=0).validate()
     with pytest.raises(ConfigError, match="empty topic"):
-        run_crew(" ", ScriptedChat(), KBSearch(documents=DOCS))
+        run_crew(" ", ScriptedChat(), KBSearch(documents=DOCS, dense=False))
 
 
 def test_crewai_stays_offline(monkeypatch):

@@ -363,13 +363,70 @@ def test_cli_ingest_query_stats_delete(tmp_path, corpus, monkeypatch, capsys):
     assert cli.main(["kb", "stats", "--collection", "docs", *store]) == 0
     assert "docs: " in (out := capsys.readouterr().out) and "guide.pdf" in out
     assert cli.main(["kb", "query", "", *store]) == 2
-    assert "empty query" in capsys.readouterr().err
+    assert "query is empty" in capsys.readouterr().err
+    assert cli.main(["kb", "query", "kiwis", "--retrieval", "bm25", "-k", "3", *store]) == 0
+    assert "[readme.txt]" in capsys.readouterr().out.splitlines()[0]  # the one chunk with the word, first
     assert cli.main(["kb", "query", "x", "--collection", "missing-one", *store]) == 2
     assert "unknown collection 'missing-one'" in capsys.readouterr().err
     assert cli.main(["kb", "ingest", str(tmp_path / "nothing.pdf"), *store]) == 2
     assert cli.main(["kb", "delete", "docs", *store]) == 0
     assert cli.main(["kb", "stats", *store]) == 0
     assert "no collections" in capsys.readouterr().out
+
+
+# -- retrievers by kind ---------------------------------------------------------------------------
+KIND_DOCS = [
+    Document("a", "backup retention is forty-two days for every nightly snapshot", {"source": "a.md"}),
+    Document("b", "error code ZX-81 means the disk is full", {"source": "b.md"}),
+    Document("c", "the cafeteria opens at nine and serves nightly snacks", {"source": "c.md"}),
+]
+
+
+class ReverseScorer:
+    """A re-ranker that prefers the first stage's last candidate: its effect on the order is unmistakable."""
+
+    name = "reverse"
+
+    def score(self, query, texts):
+        return np.arange(len(texts), dtype=np.float64)  # (N,): later candidates score higher
+
+
+def test_knowledge_base_hands_out_retrievers_by_kind(kb):
+    from mastery.retrieval.hybrid import SearchTuning
+    from mastery.retrieval.types import Retriever
+
+    kb.ingest_documents(KIND_DOCS, "kinds")
+    query = "what does ZX-81 mean for nightly backup retention?"
+    dense = kb.retriever("kinds", "dense")
+    assert isinstance(dense, Retriever) and dense.name == "dense"
+    assert [h.id for h in dense.search(query, 3)] == [h.id for h in kb.query(query, "kinds", k=3)]
+    assert all(h.metadata["similarity"] == h.score for h in dense.search(query, 3))
+    bm25 = kb.retriever("kinds", "bm25")
+    assert bm25.name == "bm25" and [h.id for h in bm25.search("ZX-81 disk", 3)] == ["b"]
+    hybrid = kb.retriever("kinds", "hybrid").search("ZX-81 disk", 3)
+    assert hybrid[0].id == "b" and "similarity" in hybrid[0].metadata  # fused, the dense cosine kept
+    assert sorted(h.id for h in hybrid) == ["a", "b", "c"] and [h.rank for h in hybrid] == [1, 2, 3]
+    # Re-ranked alone (fuse_k=None), the scorer's order wins: the hybrid's last candidate comes first.
+    rerank = kb.retriever("kinds", "hybrid+rerank", scorer=ReverseScorer(), tuning=SearchTuning(fuse_k=None))
+    assert rerank.name == "hybrid+rerank" and rerank.search("ZX-81 disk", 3)[0].id == hybrid[-1].id
+    filtered = kb.retriever("kinds", "bm25", where={"source": "c.md"}).search("nightly", 3)
+    assert [h.id for h in filtered] == ["c"]
+
+
+def test_retrievers_see_new_documents_and_name_bad_input(kb):
+    kb.ingest_documents(KIND_DOCS[:2], "kinds")
+    bm25 = kb.retriever("kinds", "bm25")
+    assert bm25.search("cafeteria", 3) == []
+    kb.ingest_documents(KIND_DOCS, "kinds")  # the BM25 index is rebuilt when the collection grows
+    assert [h.id for h in bm25.search("cafeteria", 3)] == ["c"]
+    with pytest.raises(KnowledgeBaseError, match="unknown retrieval kind 'sparse'"):
+        kb.retriever("kinds", "sparse")
+    with pytest.raises(KnowledgeBaseError, match="unknown collection 'nope'"):
+        kb.retriever("nope", "dense")
+    with pytest.raises(MasteryError, match="query is empty"):
+        kb.retriever("kinds", "hybrid").search("  ", 3)
+    with pytest.raises(MasteryError, match="needs a re-ranker"):  # no cross-encoder registered in the test cache
+        kb.retriever("kinds", "hybrid+rerank")
 
 
 # -- ATT&CK and the real model -------------------------------------------------------------------

@@ -108,21 +108,20 @@ class _FakeLLM:
         return _FakeStream(self.pieces)
 
 
-class _FakeKB:
-    def query(self, text, collection, k=5, where=None):
-        assert collection == "docs" and where == {"source": "zephyr.pdf"}
+class _FakeRetriever:
+    name = "fixed"
+
+    def search(self, query, k):
         return HITS[:k]
 
 
 def test_ask_streams_checks_and_gates():
     llm = _FakeLLM(["The Zephyr-9 keeps", " nightly snapshots", " for 42 days [1]."])
     streamed: list[str] = []
-    answer = ask(llm, _FakeKB(), "How long?", collection="docs", k=2, where={"source": "zephyr.pdf"},
-                 on_text=streamed.append)
+    answer = ask(llm, _FakeRetriever(), "How long?", k=2, on_text=streamed.append)
     assert streamed == llm.pieces and answer.pieces == 3 and answer.cited == [1] and len(answer.hits) == 2
     assert llm.prompts[0][1]["temperature"] == 0.0 and llm.prompts[0][1]["seed"] == 0
-    gated = ask(llm, _FakeKB(), "Unrelated?", collection="docs", where={"source": "zephyr.pdf"}, min_score=0.9,
-                on_text=streamed.append)
+    gated = ask(llm, _FakeRetriever(), "Unrelated?", min_score=0.9, on_text=streamed.append)
     assert gated.declined and gated.decline_reason == "score_gate" and gated.completion is None
     assert len(llm.prompts) == 1 and streamed[-1] == DECLINE_TEXT  # the LLM was not asked
 
@@ -167,27 +166,27 @@ def test_rag_ask_declines_and_reports_bad_collections(llm_server, zephyr_kb, cap
     assert "nope" in capsys.readouterr().err
 
 
-def test_hybrid_retrieval_fuses_bm25_with_the_dense_ranking():
-    from mastery.llm.rag import retrieve
-    from mastery.retrieval.types import Document, Hit
+def test_the_score_gate_reads_the_dense_similarity_whatever_the_retriever_scores():
+    from dataclasses import replace
 
-    docs = [Document("a", "backup retention is forty-two days", {"source": "a.md"}),
-            Document("b", "error code ZX-81 means the disk is full", {"source": "b.md"}),
-            Document("c", "the cafeteria opens at nine", {"source": "c.md"})]
+    from mastery.llm.rag import best_similarity
 
-    class FakeKB:  # dense ranking that misses the exact code the question names
-        def query(self, text, collection, k, where=None):
-            return [Hit(d.id, d.text, 0.9 - 0.1 * i, i + 1, dict(d.metadata)) for i, d in enumerate(docs)][:k]
+    fused = [replace(h, score=1 / (60 + h.rank), metadata={**h.metadata, "similarity": sim})
+             for h, sim in zip(HITS, (0.42, 0.93, None), strict=True)]
+    assert best_similarity(fused) == 0.93 and best_similarity(HITS) is None
 
-        def documents(self, collection, where=None):
-            return docs
+    class Fused:
+        name = "hybrid"
 
-        def count(self, collection):
-            return len(docs)
+        def search(self, query, k):
+            return fused[:k]
 
-    dense, best = retrieve(FakeKB(), "what does ZX-81 mean?", "c", k=1, method="dense")
-    hybrid, best_hybrid = retrieve(FakeKB(), "what does ZX-81 mean?", "c", k=1, method="hybrid")
-    assert [h.id for h in dense] == ["a"] and [h.id for h in hybrid] == ["b"]
-    assert best == best_hybrid == 0.9  # the gate still sees the dense cosine
-    with pytest.raises(MasteryError):
-        retrieve(FakeKB(), "q", "c", method="sparse")
+    llm = _FakeLLM(["The Zephyr-9 keeps nightly snapshots for 42 days [1]."])
+    passed = ask(llm, Fused(), "How long?", k=2, min_score=0.9)  # 0.93 >= 0.9 although every score is < 0.02
+    assert not passed.declined and len(llm.prompts) == 1
+    gated = ask(llm, Fused(), "How long?", k=1, min_score=0.9)  # only the 0.42 passage is retrieved
+    assert gated.decline_reason == "score_gate" and len(llm.prompts) == 1
+    with pytest.raises(MasteryError, match="query is empty"):
+        from mastery.retrieval.hybrid import HybridRetriever
+
+        ask(llm, HybridRetriever([Fused()]), " ")

@@ -9,7 +9,6 @@ from mastery.retrieval.bm25 import BM25Retriever, RetrievalError, tokenize
 from mastery.retrieval.hybrid import (
     HybridRetriever,
     RerankRetriever,
-    Retriever,
     fuse_with_first_stage,
     reciprocal_rank_fusion,
 )
@@ -24,7 +23,7 @@ from mastery.retrieval.questions import (
     recall_at_k,
     stratified_sample,
 )
-from mastery.retrieval.types import Document, Hit
+from mastery.retrieval.types import Document, Hit, Retriever
 from tests.conftest import needs_mirror
 
 DOCS = [
@@ -226,12 +225,15 @@ def test_question_sources_from_stix_relationships():
 
 # -- the cross-encoder ------------------------------------------------------------------------------
 @needs_mirror
-def test_cross_encoder_trains_saves_and_loads_back(tmp_path):
+def test_cross_encoder_trains_saves_and_loads_back(tmp_path, monkeypatch):
+    from mastery.ops.registry import open_registry
     from mastery.retrieval.rerank import (
+        ATTACK_CROSS_ENCODER,
         CrossEncoderScorer,
         RerankerError,
         TrainGroup,
         canonical_cross_encoder,
+        find_cross_encoder,
         load_cross_encoder,
         new_cross_encoder,
         train_cross_encoder,
@@ -259,6 +261,14 @@ def test_cross_encoder_trains_saves_and_loads_back(tmp_path):
     path, why = canonical_cross_encoder()  # offline and unregistered today: None, and the reason says so
     assert (path is None and ("not in the asset registry" in why or "not available" in why)) or path.is_dir()
     assert canonical_cross_encoder("no-such-model")[0] is None
+    # Searches find the re-ranker by name in the trained-model registry, verified, with its max length.
+    monkeypatch.setenv("MASTERY_MODEL_STORE", str(tmp_path / "models"))
+    assert find_cross_encoder("cpu") is None
+    ref = open_registry().save(ATTACK_CROSS_ENCODER, result.path, kind="hf", config={"ce_max_length": 48})
+    found = find_cross_encoder("cpu")
+    assert found is not None and found.name == str(ref) and found.model.max_seq_length == 48
+    np.testing.assert_allclose(found.score("phishing links", texts),
+                               CrossEncoderScorer(loaded).score("phishing links", texts), atol=1e-5)
 
 
 def test_rerank_only_rescores_the_top_depth():

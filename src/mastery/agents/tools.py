@@ -191,60 +191,20 @@ def calculator_tool(timeout_s: float = 5.0) -> Tool:
 
 
 # -- knowledge-base search -----------------------------------------------------------------------------
-class _KnowledgeBaseRetriever:
-    """``search(query, k)`` over one collection of the Chroma knowledge base."""
-
-    def __init__(self, kb: Any, collection: str) -> None:
-        self.kb, self.collection = kb, collection
-
-    def search(self, query: str, k: int = 3) -> list[Any]:
-        return self.kb.query(query, self.collection, k=k)
-
-
 _DEFAULT_RETRIEVER: dict[str, Any] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
 def default_retriever(collection: str = "attack") -> Any:
-    """The knowledge base's ``collection`` when it holds documents, else an in-memory BM25 + MiniLM hybrid
-    over the ATT&CK techniques (embeddings cached on disk). Built once per process and reused."""
+    """The ATT&CK search every agent shares (:func:`mastery.retrieval.attack.open_attack_search`: the knowledge
+    base's ``collection`` when it holds documents, else in memory; hybrid, re-ranked when a cross-encoder is
+    registered). Built once per process and reused."""
+    from mastery.retrieval.attack import open_attack_search
+
     with _DEFAULT_LOCK:
         if collection not in _DEFAULT_RETRIEVER:
-            _DEFAULT_RETRIEVER[collection] = _kb_retriever(collection) or attack_retriever()
+            _DEFAULT_RETRIEVER[collection] = open_attack_search(collection=collection)
         return _DEFAULT_RETRIEVER[collection]
-
-
-def _kb_retriever(collection: str) -> Any | None:
-    import os
-
-    from mastery.core.errors import MasteryError
-    from mastery.retrieval.kb import KnowledgeBase, default_kb_dir
-
-    if not (os.environ.get("MASTERY_CHROMA_URL") or os.environ.get("MASTERY_KB_DIR") or default_kb_dir().exists()):
-        return None  # opening Chroma would create an empty store; there is nothing to search
-    try:
-        kb = KnowledgeBase.open()
-        if collection in kb.collections() and kb.count(collection) > 0:
-            log.info("kb_search: knowledge base %s, collection %s (%d chunks)", kb.location, collection,
-                     kb.count(collection))
-            return _KnowledgeBaseRetriever(kb, collection)
-    except MasteryError as exc:
-        log.warning("kb_search: knowledge base unusable (%s); using the in-memory ATT&CK index", exc)
-    return None
-
-
-def attack_retriever(max_chars: int | None = None) -> Any:
-    """BM25 + MiniLM fused by reciprocal rank (L20) over every current ATT&CK technique."""
-    from mastery.assets.store import cache_dir
-    from mastery.core.runtime import torch_device
-    from mastery.retrieval.attack import technique_documents
-    from mastery.retrieval.hybrid import technique_search
-    from mastery.text.embed import load_sentence_model
-
-    docs = technique_documents(max_chars=max_chars)
-    model = load_sentence_model("all-minilm-l6-v2", device=torch_device(), max_seq_length=256)
-    log.info("kb_search: in-memory ATT&CK hybrid index over %d techniques", len(docs))
-    return technique_search(docs, model, cache_dir=cache_dir() / "agents")  # embeddings cached by content
 
 
 def format_hits(hits: Sequence[Any], max_chars: int = 160) -> str:
@@ -268,7 +228,7 @@ def format_hits(hits: Sequence[Any], max_chars: int = 160) -> str:
 
 def kb_search_tool(retriever: Any | None = None, *, k: int = 3, timeout_s: float = 60.0,
                    max_chars: int = 160) -> Tool:
-    """Search a retriever (anything with ``search(query, k) -> list[Hit]``); default :func:`default_retriever`,
+    """Search a retriever (a :class:`mastery.retrieval.types.Retriever`); default :func:`default_retriever`,
     built on the first call so that making the tool costs nothing."""
 
     def search(args: dict[str, Any]) -> str:

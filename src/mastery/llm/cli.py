@@ -106,21 +106,21 @@ def cmd_rag_ask(args: argparse.Namespace) -> int:
 
     _quiet_http_logs()
     from mastery.retrieval.cli import parse_where
+    from mastery.retrieval.types import check_query
 
+    check_query(args.question, args.k)  # bad input, a bad collection or kind fail before the LLM starts
     kb = open_knowledge_base(args.kb_dir, args.chroma_url, args.device)
-    where = parse_where(args.where)
-    kb.query(args.question, args.collection, k=1)  # fail on a bad collection before the LLM starts
+    retriever = kb.retriever(args.collection, kind=args.retrieval, where=parse_where(args.where))
     with open_client(_settings(args)) as llm:
-        answer = ask(llm, kb, args.question, collection=args.collection, k=args.k, max_tokens=args.max_tokens,
-                     where=where, min_score=args.min_score, min_support=args.min_support,
-                     on_text=lambda piece: _out(piece, end=""), retrieval=args.retrieval)
+        answer = ask(llm, retriever, args.question, k=args.k, max_tokens=args.max_tokens, min_score=args.min_score,
+                     min_support=args.min_support, on_text=lambda piece: _out(piece, end=""))
     _out("\n")
     _out(answer.final_text() if answer.declined else "Sources: " + "; ".join(
         f"[{i}] {c}" for i, c in zip(answer.cited, answer.citations, strict=True))
         + (" (attached: the model's own citation was missing or unsupported)" if answer.attached else ""))
     _out("retrieved:")
     for i, hit in enumerate(answer.hits, start=1):
-        score = "similarity" if args.retrieval == "dense" else "fused score"
+        score = {"dense": "similarity", "bm25": "BM25 score"}.get(args.retrieval, "fused score")
         _out(f"  [{i}] {hit.citation()}  ({score} {hit.score:.3f}, supports {answer.support[i - 1]:.0%} "
              "of the answer)")
     if answer.completion is not None:
@@ -165,8 +165,9 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     p.add_argument("question")
     p.add_argument("--collection", required=True, help="a collection made by 'mastery kb ingest'")
     p.add_argument("--k", type=int, default=3, help="chunks to retrieve (default 3)")
-    p.add_argument("--retrieval", choices=("dense", "hybrid"), default="hybrid",
-                   help="hybrid (default): MiniLM and BM25 fused by reciprocal rank; dense: MiniLM only")
+    p.add_argument("--retrieval", choices=("dense", "bm25", "hybrid", "hybrid+rerank"), default="hybrid",
+                   help="hybrid (default): MiniLM and BM25 fused by reciprocal rank; dense: MiniLM only; bm25: "
+                        "keywords only; hybrid+rerank: hybrid re-ordered by the registered cross-encoder")
     p.add_argument("--where", action="append", metavar="COND",
                    help="metadata filter as in 'mastery kb query', e.g. source=guide.pdf or page>=3")
     p.add_argument("--min-score", type=float, default=None,

@@ -1,7 +1,8 @@
-"""Retrieval-augmented generation: top-k chunks from the knowledge base, a numbered-context prompt, a streamed
+"""Retrieval-augmented generation: top-k passages from a retriever, a numbered-context prompt, a streamed
 answer, and citations checked in code.
 
-    answer = ask(llm, kb, "What does DER stand for?", collection="docs", on_text=print_piece)
+    retriever = kb.retriever("docs", kind="hybrid")    # any Retriever (mastery.retrieval.types)
+    answer = ask(llm, retriever, "What does DER stand for?", on_text=print_piece)
     answer.cited, answer.citations, answer.declined
 
 A 0.5B model follows instructions loosely, so the prompt numbers the sources and asks for ``[n]``
@@ -12,7 +13,6 @@ that says it does not know (in any of the usual phrasings) is a decline.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mastery.llm.types import Completion, StreamingChatModel
-from mastery.retrieval.types import Hit
+from mastery.retrieval.types import Hit, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -194,49 +194,27 @@ def answer_from(question: str, text: str, hits: Sequence[Hit], completion: Compl
                      decline_reason=reason, completion=completion, **extra)
 
 
-RETRIEVAL_METHODS = ("dense", "hybrid")
-_BM25_CACHE: dict[tuple[int, str, str, int], Any] = {}
+def best_similarity(hits: Sequence[Hit]) -> float | None:
+    """The highest cosine a dense stage put on the hits (``metadata["similarity"]``), None when none did
+    (a BM25-only retriever): what ``min_score`` gates on, whatever the retriever's own score scale is."""
+    values = [float(h.metadata["similarity"]) for h in hits if h.metadata.get("similarity") is not None]
+    return max(values, default=None)
 
 
-def retrieve(kb: Any, question: str, collection: str, k: int = 3, where: dict[str, Any] | None = None,
-             method: str = "dense", depth: int = 20) -> tuple[list[Hit], float | None]:
-    """The top-k chunks and the best dense cosine (what ``min_score`` gates on).
-
-    "dense": MiniLM cosine through the knowledge base. "hybrid": the dense top-``depth`` fused with BM25's
-    top-``depth`` over the same collection by reciprocal rank fusion (L20): exact terms such as technique
-    IDs, function names and error codes, which embeddings blur, come back into reach. Hybrid hits carry the
-    fused score."""
-    if method not in RETRIEVAL_METHODS:
-        from mastery.core.errors import ConfigError
-
-        raise ConfigError(f"retrieval must be one of {', '.join(RETRIEVAL_METHODS)}, got {method!r}")
-    dense = kb.query(question, collection, k=max(k, depth) if method == "hybrid" else k, where=where)
-    best = dense[0].score if dense else None
-    if method == "dense":
-        return dense[:k], best
-    from mastery.retrieval.bm25 import BM25Retriever
-    from mastery.retrieval.hybrid import reciprocal_rank_fusion
-
-    # One BM25 index per collection state (its size changes on every ingest that writes).
-    key = (id(kb), collection, json.dumps(where, sort_keys=True, default=str), kb.count(collection))
-    if key not in _BM25_CACHE:
-        _BM25_CACHE.clear()
-        _BM25_CACHE[key] = BM25Retriever(kb.documents(collection, where=where))
-    return reciprocal_rank_fusion([dense, _BM25_CACHE[key].search(question, depth)], limit=k), best
-
-
-def ask(llm: StreamingChatModel, kb: Any, question: str, *, collection: str, k: int = 3,
-        where: dict[str, Any] | None = None, max_tokens: int = 256, context_chars: int | None = 1200,
-        min_score: float | None = None, min_support: float = 0.6, on_text: Callable[[str], None] | None = None,
-        extra_body: dict[str, Any] | None = None, retrieval: str = "dense") -> RagAnswer:
-    """Retrieve the top-k chunks of ``collection``, prompt the LLM with them, stream the answer to ``on_text``,
+def ask(llm: StreamingChatModel, retriever: Retriever, question: str, *, k: int = 3, max_tokens: int = 256,
+        context_chars: int | None = 1200, min_score: float | None = None, min_support: float = 0.6,
+        on_text: Callable[[str], None] | None = None, extra_body: dict[str, Any] | None = None) -> RagAnswer:
+    """Retrieve the top-k passages with ``retriever``, prompt the LLM with them, stream the answer to ``on_text``,
     then check it (:func:`answer_from`).
 
-    ``kb`` is a :class:`mastery.retrieval.kb.KnowledgeBase` (anything with ``query(text, collection, k, where)``).
-    With ``min_score``, a question whose best chunk scores lower is declined without calling the LLM.
+    ``retriever`` is any :class:`~mastery.retrieval.types.Retriever`, typically
+    ``kb.retriever("docs", kind="hybrid", where=...)`` from :class:`mastery.retrieval.kb.KnowledgeBase`.
+    With ``min_score``, a question whose best passage is less similar (cosine, :func:`best_similarity`) is
+    declined without calling the LLM; a retriever without a dense stage then declines every question.
     """
     start = time.perf_counter()
-    hits, best_cosine = retrieve(kb, question, collection, k=k, where=where, method=retrieval)
+    hits = retriever.search(question, k)
+    best_cosine = best_similarity(hits)
     retrieval_s = time.perf_counter() - start
     prompt = build_prompt(question, hits, context_chars)
     if not hits or (min_score is not None and (best_cosine is None or best_cosine < min_score)):
@@ -254,8 +232,9 @@ def ask(llm: StreamingChatModel, kb: Any, question: str, *, collection: str, k: 
     completion = stream.read()
     answer = answer_from(question, completion.text, hits, completion, min_support=min_support,
                          retrieval_s=retrieval_s, pieces=pieces, prompt=prompt)
-    log.info("event=rag_answer collection=%s k=%d cited=%s model_cited=%s declined=%s reason=%s", collection, k,
-             answer.cited, answer.model_cited, answer.declined, answer.decline_reason)
+    log.info("event=rag_answer retriever=%s k=%d cited=%s model_cited=%s declined=%s reason=%s",
+             getattr(retriever, "name", "?"), k, answer.cited, answer.model_cited, answer.declined,
+             answer.decline_reason)
     return answer
 
 

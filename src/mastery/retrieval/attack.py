@@ -1,18 +1,38 @@
-"""MITRE ATT&CK Enterprise techniques (from the registry's STIX copy) as retrieval Documents.
+"""MITRE ATT&CK Enterprise techniques (from the registry's STIX copy) as retrieval Documents, and the one
+search over them.
 
 This is the threat-intel corpus the RAG labs and Cyber-Sentinel's agent search: one Document per
 current (not revoked, not deprecated) technique or sub-technique, with its ATT&CK ID, tactics,
 platforms and link as metadata.
+
+Every caller that searches techniques (the ReAct agent's ``kb_search`` tool, the research crew's ``KBSearch``,
+Cyber-Sentinel) opens the search the same way, so the same query gets the same hits everywhere::
+
+    search = open_attack_search()          # a Retriever: search.search("T1055 process injection", 5)
+    search.name, search.source             # "hybrid+rerank", "knowledge base ~/.cache/mastery/kb, ..."
+
+- Where: the knowledge base's ``attack`` collection when it holds documents (``mastery kb ingest-attack``),
+  else an in-memory index over the registered ATT&CK data (embeddings cached on disk by content).
+- How, as L20 found best (:data:`~mastery.retrieval.hybrid.ATTACK_TUNING`): BM25 with headings counted 3
+  times and technique IDs weighted 3.0, fused by RRF with MiniLM cosine search, then the top 20 re-ordered by
+  the fine-tuned cross-encoder from the trained-model registry (``attack-cross-encoder``) when it is
+  registered, its order fused with the hybrid order. Without it the search is the hybrid alone.
+- ``dense=False`` is BM25 alone (no model is loaded): for tiny presets and tests, not for answers.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from mastery.retrieval.types import Document
+from mastery.core.errors import MasteryError
+from mastery.retrieval.hybrid import ATTACK_TUNING, Scorer, SearchTuning
+from mastery.retrieval.types import Document, Hit, Retriever
+
+log = logging.getLogger(__name__)
 
 # ATT&CK descriptions carry citations "(Citation: Source Name)" and Markdown links; neither helps retrieval.
 _CITATION = re.compile(r"\s*\(Citation:[^)]*\)")
@@ -90,3 +110,82 @@ def technique_documents(items: Iterable[Technique] | None = None, max_chars: int
                       "is_subtechnique": t.is_subtechnique},
         ))
     return docs
+
+
+# -- the one ATT&CK search -----------------------------------------------------------------------------
+@dataclass
+class AttackSearch:
+    """The ATT&CK search (a :class:`~mastery.retrieval.types.Retriever`) and where it looks."""
+
+    retriever: Retriever
+    source: str  # "knowledge base <location>, collection attack (N documents)" or "in memory (N techniques)"
+
+    @property
+    def name(self) -> str:
+        return self.retriever.name
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return self.retriever.search(query, k)
+
+
+def open_attack_search(kb: Any = None, collection: str = "attack", *, documents: Sequence[Document] | None = None,
+                       dense: bool = True, reranker: Scorer | Literal["auto"] | None = "auto",
+                       device: str = "auto", tuning: SearchTuning = ATTACK_TUNING) -> AttackSearch:
+    """The ATT&CK technique search (see the module docstring).
+
+    ``kb``: a :class:`~mastery.retrieval.kb.KnowledgeBase` (default: the configured one, if any exists; an empty
+    store is never created). ``documents``: the in-memory corpus (default: every current technique).
+    ``reranker``: "auto" (:func:`mastery.retrieval.rerank.find_cross_encoder`), a scorer, or None for none.
+    """
+    scorer: Scorer | None = None
+    if dense:
+        if reranker == "auto":
+            from mastery.retrieval.rerank import find_cross_encoder
+
+            scorer = find_cross_encoder(device)
+        else:
+            scorer = reranker  # type: ignore[assignment]
+    kind = "bm25" if not dense else "hybrid+rerank" if scorer is not None else "hybrid"
+    kb = kb if kb is not None else _existing_kb()
+    if kb is not None and (n := _count(kb, collection)):
+        retriever = kb.retriever(collection, kind, tuning=tuning, scorer=scorer)
+        source = f"knowledge base {kb.location}, collection {collection} ({n} documents)"
+    else:
+        from mastery.retrieval.hybrid import technique_search
+
+        docs = list(technique_documents() if documents is None else documents)
+        if not docs:
+            from mastery.retrieval.types import RetrievalError
+
+            raise RetrievalError("the ATT&CK search has no documents to search")
+        model = None
+        if dense:
+            from mastery.assets.store import cache_dir
+            from mastery.core.runtime import torch_device
+            from mastery.text.embed import load_sentence_model
+
+            model = load_sentence_model("all-minilm-l6-v2", device=torch_device(device), max_seq_length=256)
+        retriever = technique_search(docs, model, cache_dir=cache_dir() / "retrieval" if model else None,
+                                     tuning=tuning, scorer=scorer)
+        source = f"in memory ({len(docs)} techniques)"
+    log.info("ATT&CK search: %s over %s", retriever.name, source)
+    return AttackSearch(retriever, source)
+
+
+def _existing_kb() -> Any:
+    from mastery.retrieval.kb import open_existing
+
+    try:
+        return open_existing()
+    except MasteryError as exc:
+        log.warning("knowledge base unusable (%s); searching ATT&CK in memory", exc)
+        return None
+
+
+def _count(kb: Any, collection: str) -> int:
+    """Documents in ``collection``; 0 when it does not exist (the search then falls back, and says why)."""
+    try:
+        return int(kb.count(collection))
+    except MasteryError as exc:
+        log.info("ATT&CK search: %s; searching in memory", exc)
+        return 0

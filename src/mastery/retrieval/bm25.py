@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mastery.core.errors import MasteryError
-from mastery.retrieval.types import Document, Hit
+from mastery.retrieval.types import Document, Hit, RetrievalError, check_query
+
+__all__ = ["BM25Retriever", "RetrievalError", "check_query", "tokenize"]  # the error and check live in types
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ _STOPWORDS_TEXT = (
 )
 _STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 _ID = re.compile(r"t\d{4}(?:\.\d{3})?")
-
-
-class RetrievalError(MasteryError):
-    """A retriever was given bad input: an empty query, no documents, or k < 1."""
 
 
 def _stem(word: str) -> str:
@@ -57,14 +54,6 @@ def tokenize(text: str) -> list[str]:
     return [_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS]
 
 
-def check_query(query: str, k: int) -> None:
-    """The shared input contract of every retriever's ``search``."""
-    if not isinstance(query, str) or not query.strip():
-        raise RetrievalError("the query is empty; ask a question or give some keywords")
-    if not isinstance(k, int) or k < 1:
-        raise RetrievalError(f"k must be a positive integer, got {k!r}")
-
-
 class BM25Retriever:
     """Okapi BM25 (Lucene variant, k1=1.5, b=0.75) over a fixed list of Documents.
 
@@ -72,6 +61,8 @@ class BM25Retriever:
     Asynchronous Procedure Call") that many times, a poor man's BM25F field weight: a single ID
     token in a 300-word description otherwise loses to two common words that repeat.
     """
+
+    name = "bm25"
 
     def __init__(self, documents: Sequence[Document], k1: float = 1.5, b: float = 0.75,
                  heading_boost: int = 1, id_weight: float = 1.0) -> None:

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from mastery.core.errors import MasteryError
+from mastery.retrieval.types import RETRIEVAL_KINDS
 
 _CONDITION = re.compile(r"^(?P<key>[A-Za-z_][\w.-]*)\s*(?P<op>~=|!=|>=|<=|=)\s*(?P<value>.*)$")
 _OPS = {"!=": "$ne", ">=": "$gte", "<=": "$lte", "~=": "$contains"}
@@ -86,7 +87,7 @@ def cmd_ingest_attack(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     where = parse_where(args.where, args.where_json)
     kb = _open(args)
-    hits = kb.query(args.text, args.collection, k=args.k, where=where)
+    hits = kb.retriever(args.collection, kind=args.retrieval, where=where).search(args.text, args.k)
     if args.json:
         _out(json.dumps([{"rank": h.rank, "score": round(h.score, 4), "id": h.id, "citation": h.citation(),
                           "text": h.text, "metadata": h.metadata} for h in hits], indent=2, default=str))
@@ -148,7 +149,8 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     p.add_argument("--collection", default="attack")
     p.set_defaults(func=cmd_ingest_attack)
 
-    p = sub.add_parser("query", parents=[common], help="semantic search, optionally filtered by metadata")
+    p = sub.add_parser("query", parents=[common], help="search a collection (semantic by default), optionally "
+                                                       "filtered by metadata")
     p.add_argument("text")
     p.add_argument("--collection", default="docs")
     p.add_argument("-k", type=int, default=5, help="number of hits")
@@ -156,6 +158,9 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
                    help="metadata filter, repeatable (all must hold): source=a.pdf, page>=3, page!=1, "
                         "tactics_list~=persistence")
     p.add_argument("--where-json", default=None, help="a raw Chroma where filter as JSON")
+    p.add_argument("--retrieval", choices=RETRIEVAL_KINDS, default="dense",
+                   help="dense (default): MiniLM cosine; bm25: keywords; hybrid: both fused by reciprocal rank; "
+                        "hybrid+rerank: the hybrid re-ordered by the registered cross-encoder")
     p.add_argument("--width", type=int, default=160, help="characters of each hit to print")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
     p.set_defaults(func=cmd_query)

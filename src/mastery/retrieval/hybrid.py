@@ -1,29 +1,50 @@
 """Retrievers that compose: dense (MiniLM + FAISS), reciprocal rank fusion, and re-ranking.
 
-Every retriever has ``search(query, k) -> list[Hit]`` (best first, 1-based ranks), so fusion and
-re-ranking wrap any first stage: ``RerankRetriever(HybridRetriever([bm25, dense]), scorer)``.
+Every retriever speaks :class:`~mastery.retrieval.types.Retriever` (``search(query, k) -> list[Hit]``, best
+first, 1-based ranks), so fusion and re-ranking wrap any first stage:
+``RerankRetriever(HybridRetriever([dense, bm25]), scorer)``. :func:`compose` builds one of the four kinds the
+project names (``dense``, ``bm25``, ``hybrid``, ``hybrid+rerank``) from a dense and a BM25 stage and a
+:class:`SearchTuning`; the knowledge base and the in-memory ATT&CK index both build through it, so a kind
+means the same pipeline wherever the documents live.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mastery.retrieval.bm25 import RetrievalError, check_query
-from mastery.retrieval.types import Document, Hit
+from mastery.retrieval.types import RETRIEVAL_KINDS, Document, Hit, RetrievalError, Retriever, check_query
 
 log = logging.getLogger(__name__)
 
 RRF_K = 60  # Cormack et al. 2009: 1 / (60 + rank) damps the top ranks without ignoring the tail
 
 
-@runtime_checkable
-class Retriever(Protocol):
-    def search(self, query: str, k: int = 10) -> list[Hit]: ...
+@dataclass(frozen=True)
+class SearchTuning:
+    """How a kind is put together: each first stage's depth into fusion, and the re-ranker's depth and fusion.
+
+    The defaults are the knowledge base's general-purpose settings (L19 measured them on PDFs and Markdown);
+    :data:`ATTACK_TUNING` holds what L20 found best on ATT&CK techniques.
+    """
+
+    depth: int = 20  # each first stage's top-k fed to reciprocal rank fusion
+    rrf_k: int = RRF_K
+    heading_boost: int = 1  # BM25: the first line counted this many times (1 = plain BM25)
+    id_weight: float = 1.0  # BM25: a technique ID in the query weighs this many words
+    rerank_depth: int = 20  # fused candidates the re-ranker re-orders
+    fuse_k: int | None = RRF_K  # re-ranker order fused with the first-stage order (None: re-ranker alone)
+
+
+# L20's full run (docs/results/l20.json): headings x3 and IDs x3.0 lift BM25 to recall@1 1.0 on "What is
+# T1234?" questions; fusion depth 50; the cross-encoder re-orders the hybrid top-20 and its order is fused
+# with the hybrid order (recall@3 0.762 vs 0.646 for the cross-encoder's order alone).
+ATTACK_TUNING = SearchTuning(depth=50, heading_boost=3, id_weight=3.0, rerank_depth=20, fuse_k=RRF_K)
 
 
 @runtime_checkable
@@ -35,8 +56,8 @@ class Scorer(Protocol):
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def _hit(doc: Document, score: float, rank: int) -> Hit:
-    return Hit(id=doc.id, text=doc.text, score=score, rank=rank, metadata=dict(doc.metadata))
+def _hit(doc: Document, score: float, rank: int, **extra: Any) -> Hit:
+    return Hit(id=doc.id, text=doc.text, score=score, rank=rank, metadata={**doc.metadata, **extra})
 
 
 # -- dense -----------------------------------------------------------------------------------
@@ -82,7 +103,7 @@ class DenseRetriever:
     def search(self, query: str, k: int = 10) -> list[Hit]:
         check_query(query, k)
         scores, ids = self.index.search(self.encode([query]), min(k, len(self.documents)))  # (1, k) each
-        return [_hit(self.documents[i], float(s), rank)
+        return [_hit(self.documents[i], float(s), rank, similarity=float(s))
                 for rank, (s, i) in enumerate(zip(scores[0], ids[0], strict=True), start=1) if i >= 0]
 
 
@@ -127,17 +148,44 @@ class HybridRetriever:
 
 
 def technique_search(documents: Sequence[Document], model: Any = None, cache_dir: Path | None = None,
-                     depth: int = 20) -> HybridRetriever:
-    """Search over ATT&CK-style documents as tuned in L20: BM25 with headings counted 3 times and exact
-    technique IDs weighted 3.0 (an ID or a technique name in the query should win over one incidental word in
-    a long description), fused by RRF with MiniLM cosine search when ``model`` is given (embeddings cached
-    under ``cache_dir`` when given)."""
+                     tuning: SearchTuning = ATTACK_TUNING, scorer: Scorer | None = None) -> Retriever:
+    """An in-memory search over ATT&CK-style documents as tuned in L20 (:data:`ATTACK_TUNING`): BM25 with headings
+    counted 3 times and exact technique IDs weighted 3.0 (an ID or a technique name in the query should win over
+    one incidental word in a long description), fused by RRF with MiniLM cosine search when ``model`` is given
+    (embeddings cached under ``cache_dir`` when given), re-ranked by ``scorer`` when given."""
     from mastery.retrieval.bm25 import BM25Retriever
 
-    retrievers: list[Retriever] = [BM25Retriever(documents, heading_boost=3, id_weight=3.0)]
+    bm25 = BM25Retriever(documents, heading_boost=tuning.heading_boost, id_weight=tuning.id_weight)
+    dense = None
     if model is not None:
-        retrievers.append(DenseRetriever(documents, model, embed_documents(model, documents, cache_dir=cache_dir)))
-    return HybridRetriever(retrievers, depth=depth)
+        dense = DenseRetriever(documents, model, embed_documents(model, documents, cache_dir=cache_dir))
+    kind = "hybrid+rerank" if scorer is not None else "hybrid" if dense is not None else "bm25"
+    return compose(kind, dense=dense, bm25=bm25, tuning=tuning, scorer=scorer)
+
+
+def compose(kind: str, *, dense: Retriever | None = None, bm25: Retriever | None = None,
+            tuning: SearchTuning = SearchTuning(), scorer: Scorer | None = None) -> Retriever:
+    """One of :data:`RETRIEVAL_KINDS` from its stages.
+
+    ``dense`` / ``bm25``: that stage alone. ``hybrid``: both fused by RRF (dense first, so a fused hit keeps
+    the dense stage's ``similarity``); with one stage missing it is that stage. ``hybrid+rerank``: the hybrid's
+    top ``tuning.rerank_depth`` re-ordered by ``scorer`` and, with ``tuning.fuse_k``, fused with the hybrid order.
+    """
+    if kind not in RETRIEVAL_KINDS:
+        raise RetrievalError(f"unknown retrieval kind {kind!r}; choose one of {', '.join(RETRIEVAL_KINDS)}")
+    if kind in ("dense", "bm25"):
+        stage = dense if kind == "dense" else bm25
+        if stage is None:
+            raise RetrievalError(f"no {kind} stage to search with")
+        return stage
+    stages = [r for r in (dense, bm25) if r is not None]
+    first: Retriever = HybridRetriever(stages, depth=tuning.depth, rrf_k=tuning.rrf_k)
+    if kind == "hybrid":
+        return first
+    if scorer is None:
+        raise RetrievalError("hybrid+rerank needs a re-ranker and none was given or found; train and register "
+                             "one ('mastery labs run l20 --preset full') or use kind hybrid")
+    return RerankRetriever(first, scorer, depth=tuning.rerank_depth, fuse_k=tuning.fuse_k, name="hybrid+rerank")
 
 
 # -- re-ranking --------------------------------------------------------------------------------

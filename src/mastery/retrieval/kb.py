@@ -15,6 +15,9 @@ Public API (stable: the RAG lab L19 and Cyber-Sentinel build on it)::
 
     hits = kb.query("what is a DER encoding?", "docs", k=5, where={"source": "libtasn1.pdf"})
     hits[0].score, hits[0].citation()                  # cosine similarity (higher is better), "libtasn1.pdf p.3"
+
+    search = kb.retriever("docs", kind="hybrid", where={"source": "libtasn1.pdf"})  # a Retriever
+    search.search("what is a DER encoding?", 5)        # kinds: dense, bm25, hybrid, hybrid+rerank
     kb.collections(); kb.stats(); kb.sources("docs"); kb.delete_collection("docs")
 
 Guarantees:
@@ -25,6 +28,8 @@ Guarantees:
   stored -> unchanged, nothing written; same path, new hash -> its old chunks are replaced.
 - Ingest is all-or-nothing: files are read, chunked and embedded before anything is written; if a write
   fails half-way, the chunks deleted so far are put back and the ones added are removed.
+- A retriever's BM25 index is built from the collection on its first search and rebuilt when the collection's
+  size changes; its dense stage always asks Chroma, so it sees every write.
 - User errors (unknown collection, empty query, bad filter, unreadable file, unreachable server) raise
   :class:`KnowledgeBaseError` or :class:`~mastery.retrieval.documents.DocumentError` (both MasteryErrors).
 """
@@ -32,7 +37,6 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -45,7 +49,8 @@ import numpy as np
 from mastery.core.errors import MasteryError
 from mastery.retrieval.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, check_sizes, chunk_file
 from mastery.retrieval.documents import DocumentError, SourceFile, expand_paths, load_file
-from mastery.retrieval.types import Document, Hit
+from mastery.retrieval.hybrid import Scorer, SearchTuning, compose
+from mastery.retrieval.types import RETRIEVAL_KINDS, Document, Hit, Retriever, check_query
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
@@ -130,7 +135,7 @@ class KnowledgeBase:
     def open(cls, location: str | Path | None = None, embedder: Embedder | None = None) -> KnowledgeBase:
         """A persistent folder, or a server given as ``http(s)://host:port`` or ``host:port``."""
         if location is None:
-            location = os.environ.get("MASTERY_CHROMA_URL") or os.environ.get("MASTERY_KB_DIR") or default_kb_dir()
+            location = configured_location() or default_kb_dir()
         text = str(location)
         if text.startswith(("http://", "https://")) or _HOST_PORT.match(text):
             return cls(_http_client(text), text, embedder)
@@ -338,6 +343,29 @@ class KnowledgeBase:
             raise KnowledgeBaseError(f"writing to collection {col.name!r} failed and so did restoring it ({exc}); "
                                      "re-ingest the files to repair it") from exc
 
+    # -- retrievers --------------------------------------------------------------------------------
+    def retriever(self, collection: str, kind: str = "hybrid", where: dict[str, Any] | None = None, *,
+                  tuning: SearchTuning | None = None, scorer: Scorer | None = None) -> Retriever:
+        """A :class:`~mastery.retrieval.types.Retriever` over ``collection`` (optionally filtered by ``where``).
+
+        ``kind``: ``dense`` (MiniLM cosine through Chroma), ``bm25`` (keywords over the stored chunks),
+        ``hybrid`` (both fused by RRF) or ``hybrid+rerank`` (the hybrid's top candidates re-ordered by ``scorer``,
+        default :func:`mastery.retrieval.rerank.find_cross_encoder`). ``tuning``: a
+        :class:`~mastery.retrieval.hybrid.SearchTuning` (default: the general-purpose one). An unknown
+        collection fails here, not on the first search.
+        """
+        if kind not in RETRIEVAL_KINDS:
+            raise KnowledgeBaseError(f"unknown retrieval kind {kind!r}; choose one of {', '.join(RETRIEVAL_KINDS)}")
+        self._collection(collection)  # unknown -> KnowledgeBaseError now
+        tuning = tuning or SearchTuning()
+        if kind == "hybrid+rerank" and scorer is None:
+            from mastery.retrieval.rerank import find_cross_encoder
+
+            scorer = find_cross_encoder()
+        dense = _CollectionDense(self, collection, where) if kind != "bm25" else None
+        bm25 = _CollectionBM25(self, collection, where, tuning) if kind != "dense" else None
+        return compose(kind, dense=dense, bm25=bm25, tuning=tuning, scorer=scorer)
+
     # -- query -----------------------------------------------------------------------------------
     def query(self, text: str, collection: str, k: int = 5, where: dict[str, Any] | None = None) -> list[Hit]:
         """The ``k`` chunks nearest to ``text`` (cosine), optionally filtered by Chroma metadata ``where``
@@ -363,9 +391,70 @@ class KnowledgeBase:
                                                              res["metadatas"][0], res["distances"][0], strict=True))]
 
 
+class _CollectionDense:
+    """Dense stage: Chroma's nearest chunks by cosine; each hit carries it as ``similarity``."""
+
+    name = "dense"
+
+    def __init__(self, kb: KnowledgeBase, collection: str, where: dict[str, Any] | None) -> None:
+        self.kb, self.collection, self.where = kb, collection, where
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        check_query(query, k)
+        return [Hit(h.id, h.text, h.score, h.rank, {**h.metadata, "similarity": h.score})
+                for h in self.kb.query(query, self.collection, k=k, where=self.where)]
+
+
+class _CollectionBM25:
+    """BM25 stage over the collection's stored chunks, indexed on first use and again when the size changes."""
+
+    name = "bm25"
+
+    def __init__(self, kb: KnowledgeBase, collection: str, where: dict[str, Any] | None,
+                 tuning: SearchTuning) -> None:
+        self.kb, self.collection, self.where, self.tuning = kb, collection, where, tuning
+        self._index: Any = None
+        self._size = -1
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        from mastery.retrieval.bm25 import BM25Retriever
+
+        check_query(query, k)
+        size = self.kb.count(self.collection)
+        if size == 0:
+            return []
+        if self._index is None or size != self._size:
+            docs = self.kb.documents(self.collection, where=self.where)
+            if not docs:
+                return []  # the filter matches nothing
+            self._index = BM25Retriever(docs, heading_boost=self.tuning.heading_boost,
+                                        id_weight=self.tuning.id_weight)
+            self._size = size
+        return self._index.search(query, k)
+
+
 # -- helpers -------------------------------------------------------------------------------------
+def configured_location() -> str | None:
+    """The store the settings name (``MASTERY_CHROMA_URL``, else ``MASTERY_KB_DIR``), or None."""
+    from mastery.core.settings import get_settings
+
+    return get_settings().kb_location
+
+
+def open_existing(embedder: Embedder | None = None) -> KnowledgeBase | None:
+    """The configured knowledge base, or the default folder when it exists; None when there is none.
+
+    Unlike :meth:`KnowledgeBase.open`, it never creates an empty store just to find nothing in it."""
+    location = configured_location()
+    if location is None and not default_kb_dir().exists():
+        return None
+    return KnowledgeBase.open(location, embedder)
+
+
 def default_kb_dir() -> Path:
-    return Path(os.environ.get("MASTERY_CACHE", "~/.cache/mastery")).expanduser() / "kb"
+    from mastery.core.settings import get_settings
+
+    return Path(get_settings().cache).expanduser() / "kb"
 
 
 def _settings() -> Any:

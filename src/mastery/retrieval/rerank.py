@@ -10,6 +10,10 @@ all-MiniLM-L6-v2 encoder on (question, positive, hard negatives) groups with a l
 (localised contrastive estimation, Gao et al. 2021), saves it as safetensors and
 :func:`load_cross_encoder` reads it back. :func:`canonical_cross_encoder` returns the ms-marco
 MiniLM cross-encoder's folder when the asset registry has it, else None (and says so).
+
+The L20 lab registers its fine-tuned model in the trained-model registry as :data:`ATTACK_CROSS_ENCODER`;
+:func:`find_cross_encoder` is how searches pick a re-ranker: that model when registered, else the canonical
+one when present, else None (the search then runs without re-ranking).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from mastery.retrieval.bm25 import RetrievalError
 log = logging.getLogger(__name__)
 
 CANONICAL_CROSS_ENCODER = "ms-marco-minilm-l6-v2"  # registry name a canonical cross-encoder would have
+ATTACK_CROSS_ENCODER = "attack-cross-encoder"  # L20's fine-tuned model in the trained-model registry
+DEFAULT_MAX_LENGTH = 160  # L20 trains and scores pairs cut to 160 word pieces (question + passage opening)
 BASE_ENCODER = "all-minilm-l6-v2"
 
 
@@ -113,6 +119,42 @@ def canonical_cross_encoder(name: str = CANONICAL_CROSS_ENCODER) -> tuple[Path |
         return resolve(asset, fetch=False), f"'{name}' found in the registry and present locally"
     except AssetError as exc:
         return None, f"'{name}' is registered but not available offline ({exc})"
+
+
+def registered_cross_encoder(name: str = ATTACK_CROSS_ENCODER, device: str = "auto") -> CrossEncoderScorer | None:
+    """The trained-model registry's cross-encoder ``name`` as a scorer, or None when it is not registered.
+
+    Loading verifies every file's sha256 (:meth:`mastery.ops.registry.ModelRegistry.load`): a modified model is
+    a :class:`~mastery.core.errors.ModelIntegrityError`, never a silent fallback to no re-ranking."""
+    from mastery.core.runtime import torch_device
+    from mastery.ops.registry import open_registry
+
+    registry = open_registry()
+    if not registry.exists(name):
+        log.info("no %r in the model registry at %s: searches run without it", name, registry.root)
+        return None
+    loaded = registry.load(name)
+    max_length = int(loaded.config.get("ce_max_length") or loaded.config.get("max_length") or DEFAULT_MAX_LENGTH)
+    model = load_cross_encoder(loaded.path, torch_device(device), max_length)
+    log.info("re-ranker: %s from the model registry (max_length %d)", loaded.ref, max_length)
+    # float32 scoring: bf16 rounds logits differently per device, and near-ties would then order hits
+    # differently on different machines; 20 pairs per query cost little either way.
+    return CrossEncoderScorer(model, name=str(loaded.ref))
+
+
+def find_cross_encoder(device: str = "auto") -> CrossEncoderScorer | None:
+    """The re-ranker searches use: the registry's :data:`ATTACK_CROSS_ENCODER`, else the canonical ms-marco
+    cross-encoder when the asset registry has it locally, else None."""
+    scorer = registered_cross_encoder(device=device)
+    if scorer is not None:
+        return scorer
+    path, why = canonical_cross_encoder()
+    if path is None:
+        log.info("no canonical cross-encoder either: %s", why)
+        return None
+    from mastery.core.runtime import torch_device
+
+    return CrossEncoderScorer(load_cross_encoder(path, torch_device(device), 256), name=CANONICAL_CROSS_ENCODER)
 
 
 def load_cross_encoder(path: str | Path, device: str = "cpu", max_length: int = 256) -> Any:

@@ -1,7 +1,7 @@
 """Pluggable search for the research crew: ``search(query, k) -> list[Hit]``.
 
-- :class:`KBSearch` (offline, the default): the Chroma knowledge base when its collection has documents,
-  else a hybrid retriever (BM25, plus MiniLM when ``dense``) over the ATT&CK techniques.
+- :class:`KBSearch` (offline, the default): the one ATT&CK search
+  (:func:`mastery.retrieval.attack.open_attack_search`), which the ReAct agent's ``kb_search`` also uses.
 - :class:`DuckDuckGoSearch` and :class:`SearxNGSearch`: web search over HTTP (httpx, bounded timeouts).
   They need the network, so tests only feed them canned responses through ``parse``.
 
@@ -14,12 +14,11 @@ import html
 import logging
 import re
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from mastery.core.errors import MasteryError
-from mastery.retrieval.types import Document, Hit
+from mastery.retrieval.types import Document, Hit, Retriever, check_query
 
 log = logging.getLogger(__name__)
 
@@ -28,84 +27,44 @@ USER_AGENT = "mastery-research-crew/1.0 (+https://github.com/; offline-first)"
 
 
 class SearchError(MasteryError):
-    """A search backend cannot answer: no network, a bad URL, an unparseable page, an empty query."""
+    """A web search backend cannot answer: no network, a bad URL, an unparseable page. (An empty query or a bad
+    ``k`` is a :class:`~mastery.retrieval.types.RetrievalError`, as for every retriever.)"""
 
 
-@runtime_checkable
-class SearchBackend(Protocol):
-    name: str
-
-    def search(self, query: str, k: int = 5) -> list[Hit]: ...
-
-
-def _check(query: str, k: int) -> str:
-    if not isinstance(query, str) or not query.strip():
-        raise SearchError("empty search query: give some words to search for")
-    if k < 1:
-        raise SearchError(f"k must be >= 1, got {k}")
-    return query.strip()
+# A search backend is a retriever: the crew searches through the same contract as everything else.
+SearchBackend = Retriever
 
 
 # -- offline ---------------------------------------------------------------------------------------
 class KBSearch:
-    """Offline search over the local knowledge base.
+    """Offline search over the ATT&CK techniques: :func:`mastery.retrieval.attack.open_attack_search`, the same
+    search (and so the same hits) as the ReAct agent's ``kb_search`` tool.
 
-    With ``kb`` (a :class:`mastery.retrieval.kb.KnowledgeBase`) whose ``collection`` holds documents, hits come
-    from :func:`mastery.llm.rag.retrieve` (MiniLM + BM25 fused). Otherwise (no KB, or an empty/unknown
-    collection) a :class:`mastery.retrieval.hybrid.HybridRetriever` is built over ``documents`` (default: the
-    ATT&CK techniques, descriptions cut to ``max_chars``): BM25 alone, or BM25 + MiniLM when ``dense``.
+    The knowledge base's ``collection`` (``kb``, default the configured one) when it holds documents, else an
+    in-memory index over ``documents`` (default: every current technique). ``dense=False``: BM25 alone, no model
+    loaded (tiny presets). Opened on the first search, so making one costs nothing.
     """
 
     name = "kb"
 
     def __init__(self, kb: Any = None, collection: str = "attack", documents: Sequence[Document] | None = None,
-                 dense: bool = False, max_chars: int | None = 1500, embed_cache: str | None = None) -> None:
-        self.kb, self.collection = kb, collection
+                 dense: bool = True) -> None:
+        self.kb, self.collection, self.dense = kb, collection, dense
         self._documents = list(documents) if documents is not None else None
-        self.dense, self.max_chars, self.embed_cache = dense, max_chars, embed_cache
-        self._retriever: Any = None
-        self.source = ""  # "chroma:<collection>" or "hybrid:<n> docs", once the first search decided
+        self._search: Any = None
 
-    def _kb_ready(self) -> bool:
-        if self.kb is None:
-            return False
-        try:
-            return self.kb.count(self.collection) > 0
-        except MasteryError as exc:  # unknown collection: fall back, but say so
-            log.info("event=kb_search_fallback reason=%r", str(exc))
-            return False
-
-    def _build_retriever(self) -> Any:
-        from mastery.retrieval.hybrid import technique_search
-
-        docs = self._documents
-        if docs is None:
-            from mastery.retrieval.attack import technique_documents
-
-            docs = technique_documents(max_chars=self.max_chars)
-        if not docs:
-            raise SearchError("the offline search has no documents to search")
-        model = None
-        if self.dense:
-            from mastery.core.runtime import torch_device
-            from mastery.text.embed import load_sentence_model
-
-            model = load_sentence_model("all-minilm-l6-v2", device=torch_device())
-        self.source = f"hybrid:{len(docs)} docs ({'bm25+dense' if self.dense else 'bm25'})"
-        return technique_search(docs, model, cache_dir=Path(self.embed_cache) if self.embed_cache else None)
+    @property
+    def source(self) -> str:
+        """Where the search looks and how ("" until the first search opened it)."""
+        return f"{self._search.source}; {self._search.name}" if self._search is not None else ""
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
-        query = _check(query, k)
-        if self._retriever is None and self.source == "" and self._kb_ready():
-            self.source = f"chroma:{self.collection}"
-        if self.source.startswith("chroma:"):
-            from mastery.llm.rag import retrieve
+        from mastery.retrieval.attack import open_attack_search
 
-            hits, _ = retrieve(self.kb, query, self.collection, k=k, method="hybrid")
-            return hits
-        if self._retriever is None:
-            self._retriever = self._build_retriever()
-        return self._retriever.search(query, k)
+        check_query(query, k)
+        if self._search is None:
+            self._search = open_attack_search(self.kb, self.collection, documents=self._documents, dense=self.dense)
+        return self._search.search(query, k)
 
 
 # -- web ---------------------------------------------------------------------------------------------
@@ -160,8 +119,8 @@ class DuckDuckGoSearch(_WebSearch):
     URL = "https://html.duckduckgo.com/html/"
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
-        query = _check(query, k)
-        return self.parse(self._get(self.URL, {"q": query}).text, k)
+        check_query(query, k)
+        return self.parse(self._get(self.URL, {"q": query.strip()}).text, k)
 
     @staticmethod
     def parse(page: str, k: int = 5) -> list[Hit]:
@@ -193,8 +152,8 @@ class SearxNGSearch(_WebSearch):
         self.url = url.rstrip("/")
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
-        query = _check(query, k)
-        response = self._get(f"{self.url}/search", {"q": query, "format": "json"})
+        check_query(query, k)
+        response = self._get(f"{self.url}/search", {"q": query.strip(), "format": "json"})
         try:
             payload = response.json()
         except ValueError as exc:
@@ -218,7 +177,7 @@ class SearxNGSearch(_WebSearch):
 
 
 def make_search(name: str = "kb", *, searxng_url: str | None = None, kb: Any = None, collection: str = "attack",
-                dense: bool = False, timeout_s: float = 10.0) -> SearchBackend:
+                dense: bool = True, timeout_s: float = 10.0) -> SearchBackend:
     """A backend from its config name: ``kb`` (offline), ``duckduckgo`` or ``searxng`` (needs ``searxng_url``)."""
     if name == "kb":
         return KBSearch(kb=kb, collection=collection, dense=dense)
