@@ -1,4 +1,4 @@
-"""CrewAI offline, and a CrewAI ``BaseLLM`` that talks through our :class:`~mastery.agents.types.ChatModel`.
+"""CrewAI offline, and a CrewAI ``BaseLLM`` that talks through our :class:`~mastery.llm.types.ChatModel`.
 
 Why not ``crewai.LLM(model="openai/...", base_url=...)``: CrewAI's native OpenAI provider reports
 ``supports_function_calling() == True``, so every agent with a tool sends OpenAI ``tools=`` and reads only
