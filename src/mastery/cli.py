@@ -135,17 +135,32 @@ def cmd_labs_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Each lab's tiny preset, after fetching the assets it declares (``REQUIRES``); a lab whose assets
+    cannot be had is listed with the command that fetches them, and only failed checks fail the demo."""
+    from mastery.assets.catalog import get_asset
+    from mastery.assets.store import fetch_missing, pull_command
+    from mastery.core.errors import AssetError
     from mastery.core.index import write_runs_index
     from mastery.core.labs import load_lab, run_directory, run_lab, runs_root
-    from mastery.core.lessons import LESSONS
+    from mastery.core.lessons import LESSONS, get_lesson
 
+    lessons = [get_lesson(i) for i in args.labs.split(",") if i.strip()] if args.labs else LESSONS
     root = runs_root(args.out)
-    failed = []
-    for lesson in LESSONS:
+    failed, skipped, attempted = [], {}, {}
+    for lesson in lessons:
         if not lesson.implemented:
             continue
         lab = load_lab(lesson.id)
-        report = run_lab(lab, lab.config("tiny"), "tiny", _progress(lesson.id, args))
+        missing = fetch_missing(getattr(lab.module, "REQUIRES", ()), attempted, show_progress=not args.quiet)
+        if not missing:
+            try:
+                report = run_lab(lab, lab.config("tiny"), "tiny", _progress(lesson.id, args))
+            except AssetError as exc:  # an asset the lab reads but does not declare
+                missing = {"(undeclared)": str(exc)}
+        if missing:
+            skipped[lesson.id] = missing
+            _out(f"{lesson.id} not run: missing {', '.join(missing)}")
+            continue
         report.write(run_directory(root, lesson.id))
         ok = sum(c.passed for c in report.checks)
         _out(f"{lesson.id} tiny: {report.wall_time_s:.1f}s, checks {ok}/{len(report.checks)}")
@@ -153,6 +168,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             failed.append(lesson.id)
     index = write_runs_index(root)
     _out(f"index: {index}")
+    if skipped:
+        _out(f"labs not run for want of assets ({len(skipped)}); fetch them, then run the demo again:")
+        for lab_id, missing in skipped.items():
+            for name, why in missing.items():
+                fix = pull_command(get_asset(name)) if name != "(undeclared)" else why
+                _out(f"  {lab_id}: {name}: {fix}")
+        for name, why in attempted.items():
+            if why:
+                log.info("%s: %s", name, why)
     if failed:
         _out(f"labs with failed checks: {', '.join(failed)}")
     return 1 if failed else 0
@@ -346,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_labs_show)
 
     p = sub.add_parser("demo", help="run every implemented lab's tiny preset and write runs/index.md")
+    p.add_argument("--labs", default="", help="comma-separated lab ids to run (default: every implemented lab)")
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -226,7 +226,8 @@ _IDX_DTYPES = {0x08: np.uint8}
 
 def read_idx(path: Path) -> np.ndarray:
     """An MNIST idx file (gzipped or not): magic 0x0000<dtype><ndim>, big-endian dims, then the data."""
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    with open(path, "rb") as fh:
+        opener = gzip.open if fh.read(2) == b"\x1f\x8b" else open
     with opener(path, "rb") as fh:
         raw = fh.read()
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:

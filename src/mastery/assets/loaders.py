@@ -61,9 +61,10 @@ def load_cifar10() -> dict[str, Any]:
         }
 
 
-# The only globals a CIFAR python batch refers to (numpy arrays; numpy 2 spells numpy.core numpy._core).
+# The only globals a CIFAR python batch refers to: numpy arrays (numpy 2 spells numpy.core numpy._core), and
+# _codecs.encode, which Python 3 writes for bytes in protocol-2 pickles (it turns a str into bytes, nothing more).
 _CIFAR_GLOBALS = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                            ("numpy", "ndarray"), ("numpy", "dtype")})
+                            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -77,6 +78,10 @@ class _BatchUnpickler(pickle.Unpickler):
             from numpy._core.multiarray import _reconstruct
 
             return _reconstruct
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
         return getattr(np, name)
 
 

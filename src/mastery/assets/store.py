@@ -218,6 +218,27 @@ def available(name: str) -> bool:
     return locate(asset) is not None or bool(asset.substitute and available(asset.substitute))
 
 
+def fetch_missing(names: tuple[str, ...] | list[str], attempted: dict[str, str], *,
+                  show_progress: bool = False) -> dict[str, str]:
+    """Pull every named asset that is not here yet; returns ``{name: why}`` for those still missing.
+
+    ``attempted`` carries the outcome of earlier calls (name -> "" when it was fetched, else the reason),
+    so a caller going through many labs asks the network once per asset.
+    """
+    missing = {}
+    for name in names:
+        if name not in attempted:
+            try:
+                if not available(name):
+                    pull(name, show_progress=show_progress)
+                attempted[name] = ""
+            except AssetError as exc:
+                attempted[name] = str(exc)
+        if attempted[name]:
+            missing[name] = attempted[name]
+    return missing
+
+
 def verify(name: str) -> Location:
     """Re-hash the asset wherever it is (ignoring earlier verification stamps)."""
     asset = get_asset(name)
@@ -329,7 +350,8 @@ def _convert_and_place(asset: Asset, src: Path, work: Path, dest: Path) -> Path:
     """Run the asset's conversion on the folder ``src``, check the result, rename it to ``dest``."""
     from mastery.assets.convert import convert
 
-    staged = work / f"converted-{asset.filename}"
+    staged = work / "converted" / asset.filename  # some formats record the file's name (a gzip header)
+    staged.parent.mkdir()
     convert(asset.convert, src, staged)
     check(asset, staged, trust_stamp=False)
     os.replace(staged, dest)
