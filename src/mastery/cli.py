@@ -251,8 +251,13 @@ def cmd_assets_info(args: argparse.Namespace) -> int:
         "source": ", ".join(asset.urls), "file": asset.filename or "-", "sha256": asset.sha256 or "-",
         "size": asset.size, "status": asset_status(asset), "path": str(found.path) if found else "-",
     }
-    if asset.pypi_parts:
-        fields["offline source"] = "PyPI: " + ", ".join(asset.pypi_parts)
+    fields["fetched from"] = ", ".join(asset.sources) if not asset.substitute else f"see {asset.substitute}"
+    if asset.convert:
+        fields["built by"] = f"mastery.assets.convert: {asset.convert}"
+    if asset.content_digest:
+        fields["content digest"] = asset.content_digest
+    if asset.substitute:
+        fields["substitute"] = f"{asset.substitute} (fetched in its place when no mirror holds it)"
     if asset.caveat:
         fields["caveat"] = asset.caveat
     if asset.citation:
