@@ -167,6 +167,82 @@ def test_embedded_server_start_failure_is_clear(tmp_path):
         EmbeddedServer(tmp_path / "missing.gguf").start()
 
 
+# -- the one fake, in process and over HTTP --------------------------------------------------------
+def test_scripted_chat_plays_by_turn_stops_cuts_and_counts():
+    from mastery.llm.fake import ScriptedChat, estimate_tokens, tool_call
+
+    llm = ScriptedChat(["first", "second Observation: x", tool_call("calculator", expression="6 * 7")])
+    turn0 = [{"role": "user", "content": "hi"}]
+    turn1 = [*turn0, {"role": "assistant", "content": "first"}]
+    one = llm.chat(turn0, system="be brief")
+    assert (one.text, one.finish_reason, one.tool_calls) == ("first", "stop", ())
+    assert one.prompt_tokens == estimate_tokens("be brief\nhi") == 3 and one.completion_tokens == 2
+    assert llm.chat(turn1, stop=["Observation:"]).text == "second "  # cut where a server would stop
+    call = llm.chat([*turn1, {"role": "user", "content": "go"}, {"role": "assistant", "content": "ok"}])
+    assert call.finish_reason == "tool_calls" and call.text == ""
+    assert call.tool_calls[0]["name"] == "calculator" and json.loads(call.tool_calls[0]["arguments"]) == {
+        "expression": "6 * 7"}
+    assert [c["system"] for c in llm.calls] == ["be brief", None, None] and llm.calls[1]["stop"] == ["Observation:"]
+
+    long = ScriptedChat(["x" * 100]).chat("hi", max_tokens=5)
+    assert long.text == "x" * 20 and long.finish_reason == "length" and long.completion_tokens == 5
+    stream = llm.stream("hi")
+    pieces = list(stream)
+    assert pieces == ["first"] and stream.read().stream and stream.completion.text == "first"
+    assert "".join(ScriptedChat(["a b  c\n"]).stream("hi")) == "a b  c\n"
+    failing = ScriptedChat([LLMTimeout("slow")])
+    with pytest.raises(LLMTimeout):
+        failing.chat("hi")
+    assert failing.calls[0]["error"] == "LLMTimeout: slow"
+    with pytest.raises(ConfigError):
+        ScriptedChat([])
+
+
+def test_responders_in_order_and_per_question():
+    from mastery.llm.fake import QuestionScript, ScriptedChat, in_order
+
+    ordered = ScriptedChat(in_order("a", "b"))
+    assert [ordered.chat("same").text for _ in range(3)] == ["a", "b", "b"]  # call order, the last repeats
+    plans = {"alpha": ["a0", "a1"], "beta": ["b0", "b1"]}
+    by_call = ScriptedChat(QuestionScript(plans, by="call"))
+    answers = [by_call.chat(q).text for q in ("alpha?", "beta?", "alpha?", "gamma?")]
+    assert answers == ["a0", "b0", "a1", "I don't know."]
+    by_turn = ScriptedChat(QuestionScript(plans))
+    turn1 = [{"role": "user", "content": "beta?"}, {"role": "assistant", "content": "b0"}]
+    assert [by_turn.chat(m).text for m in ("beta?", turn1, "beta?")] == ["b0", "b1", "b0"]
+
+
+def test_the_scripted_server_serves_the_same_fake():
+    from mastery.llm.fake import QuestionScript, ScriptedChat, tool_call
+    from mastery.llm.scripted import ScriptedLLM, create_scripted_app
+    from mastery.serving.server import ServerThread
+
+    def script():
+        return QuestionScript({"6 * 7": [tool_call("calculator", expression="6 * 7"), "It is 42. Observation: no"]},
+                              default=["I only know 6 * 7."])
+
+    tools = [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}]
+    asks = [[{"role": "user", "content": "What is 6 * 7?"}],
+            [{"role": "user", "content": "What is 6 * 7?"},
+             {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {
+                 "name": "calculator", "arguments": '{"expression": "6 * 7"}'}}]},
+             {"role": "tool", "tool_call_id": "c1", "content": "42"}],
+            [{"role": "user", "content": "And 2 + 2?"}]]
+    local = ScriptedChat(script(), model="m")
+    scripted = ScriptedLLM(script(), model="m")
+    with ServerThread(create_scripted_app(scripted)) as server:
+        client = _client(server.url + "/v1")  # checks that /v1/models lists "m"
+        for messages in asks:
+            kwargs = {"system": "You are a calculator.", "tools": tools, "stop": ["Observation:"], "max_tokens": 64}
+            remote, here = client.chat(messages, **kwargs), local.chat(messages, **kwargs)
+            assert (remote.text, remote.finish_reason, remote.prompt_tokens, remote.completion_tokens) == (
+                here.text, here.finish_reason, here.prompt_tokens, here.completion_tokens)
+            assert [(c["name"], c["arguments"]) for c in remote.tool_calls] == [
+                (c["name"], c["arguments"]) for c in here.tool_calls]
+    assert [c["reply"] for c in scripted.fake.calls] == ["", "It is 42. ", "I only know 6 * 7."]
+    assert scripted.fake.calls[0]["system"] == "You are a calculator." and scripted.outcomes == {"ok": 3}
+
+
 # -- the real embedded LLM ----------------------------------------------------------------------
 @needs_llm
 def test_chat_records_usage_and_latency(llm_server):
