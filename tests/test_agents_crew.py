@@ -184,7 +184,8 @@ def test_verdicts_citations_and_json_calls_are_parsed_tolerantly():
 
 # -- the crew on a scripted model ------------------------------------------------------------------------
 def _run(verdicts=("APPROVE",), mode="normal", rounds=2):
-    return run_crew(TOPIC, ScriptedChat(verdicts, mode), KBSearch(documents=DOCS, dense=False), CrewSettings(rounds=rounds))
+    return run_crew(TOPIC, ScriptedChat(verdicts, mode), KBSearch(documents=DOCS, dense=False),
+                    CrewSettings(rounds=rounds))
 
 
 def test_crew_revise_then_approve_records_everything():
