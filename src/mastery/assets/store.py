@@ -380,7 +380,9 @@ def _wheel_for(spec: str, workdir: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
            "-d", str(workdir), spec]
     if _redirect_base is not None:
-        cmd += ["--index-url", f"{_redirect_base}/simple/", "--no-cache-dir", "--retries", "0", "--timeout", "5"]
+        # --isolated: no pip.conf or PIP_* extra indexes and find-links, only the redirected index
+        cmd += ["--isolated", "--index-url", f"{_redirect_base}/simple/", "--no-cache-dir", "--retries", "0",
+                "--timeout", "5"]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     new = set(workdir.glob("*.whl")) - before
     if result.returncode != 0 or not new:
