@@ -19,8 +19,8 @@ from mastery.agents.crew.crew import (
     strip_prompt_echo,
     usable_report,
 )
-from mastery.agents.crew.fake import ScriptedChat
 from mastery.agents.crew.llm import OFFLINE_ENV, react_from_json_call
+from mastery.agents.crew.scripted import crew_script
 from mastery.agents.crew.search import (
     DuckDuckGoSearch,
     KBSearch,
@@ -32,6 +32,7 @@ from mastery.agents.crew.search import (
 from mastery.agents.tools import call_tool
 from mastery.cli import main
 from mastery.core.errors import ConfigError
+from mastery.llm.fake import ScriptedChat
 from mastery.retrieval.bm25 import BM25Retriever
 from mastery.retrieval.types import Document, RetrievalError
 from tests import llm_server as shared
@@ -184,7 +185,7 @@ def test_verdicts_citations_and_json_calls_are_parsed_tolerantly():
 
 # -- the crew on a scripted model ------------------------------------------------------------------------
 def _run(verdicts=("APPROVE",), mode="normal", rounds=2):
-    return run_crew(TOPIC, ScriptedChat(verdicts, mode), KBSearch(documents=DOCS, dense=False),
+    return run_crew(TOPIC, ScriptedChat(crew_script(verdicts, mode)), KBSearch(documents=DOCS, dense=False),
                     CrewSettings(rounds=rounds))
 
 
@@ -235,7 +236,7 @@ def test_crew_settings_and_topic_are_validated():
     with pytest.raises(ConfigError, match="rounds"):
         CrewSettings(rounds=0).validate()
     with pytest.raises(ConfigError, match="empty topic"):
-        run_crew(" ", ScriptedChat(), KBSearch(documents=DOCS, dense=False))
+        run_crew(" ", ScriptedChat(crew_script()), KBSearch(documents=DOCS, dense=False))
 
 
 def test_crewai_stays_offline(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mastery.core.errors import MasteryError
-from mastery.llm.client import Completion
+from mastery.llm.fake import ScriptedChat
 from mastery.llm.rag import (
     DECLINE_TEXT,
     answer_from,
@@ -30,11 +30,6 @@ HITS = [
     Hit("c", "Hold the blue button for 12 seconds to reset the password.", 0.3, 3,
         {"source": "zephyr.pdf", "page": 2}),
 ]
-
-
-def _completion(text: str) -> Completion:
-    return Completion(text=text, prompt_tokens=100, completion_tokens=10, latency_s=0.5, time_to_first_token_s=0.2,
-                      model="fake", stream=True)
 
 
 def test_prompt_numbers_and_cuts_the_passages():
@@ -88,27 +83,7 @@ def test_support_catches_answers_the_sources_do_not_contain():
     assert refused.declined and refused.decline_reason == "model" and refused.cited == []
 
 
-class _FakeStream:
-    def __init__(self, pieces: list[str]) -> None:
-        self.pieces = pieces
-
-    def __iter__(self):
-        return iter(self.pieces)
-
-    def read(self) -> Completion:
-        return _completion("".join(self.pieces))
-
-
-class _FakeLLM:
-    def __init__(self, pieces: list[str]) -> None:
-        self.pieces, self.prompts = pieces, []
-
-    def stream(self, prompt, **kwargs):
-        self.prompts.append((prompt, kwargs))
-        return _FakeStream(self.pieces)
-
-
-class _FakeRetriever:
+class _Retriever:
     name = "fixed"
 
     def search(self, query, k):
@@ -116,19 +91,24 @@ class _FakeRetriever:
 
 
 def test_ask_streams_checks_and_gates():
-    llm = _FakeLLM(["The Zephyr-9 keeps", " nightly snapshots", " for 42 days [1]."])
+    llm = ScriptedChat(["The Zephyr-9 keeps nightly snapshots for 42 days [1]."])
     streamed: list[str] = []
-    answer = ask(llm, _FakeRetriever(), "How long?", k=2, on_text=streamed.append)
-    assert streamed == llm.pieces and answer.pieces == 3 and answer.cited == [1] and len(answer.hits) == 2
-    assert llm.prompts[0][1]["temperature"] == 0.0 and llm.prompts[0][1]["seed"] == 0
-    gated = ask(llm, _FakeRetriever(), "Unrelated?", min_score=0.9, on_text=streamed.append)
+    answer = ask(llm, _Retriever(), "How long?", k=2, on_text=streamed.append, max_tokens=64)
+    assert "".join(streamed) == "The Zephyr-9 keeps nightly snapshots for 42 days [1]." and len(streamed) == 9
+    assert answer.pieces == 9 and answer.cited == [1] and len(answer.hits) == 2
+    assert answer.completion is not None and answer.completion.stream and answer.completion.completion_tokens > 0
+    asked = llm.calls[0]
+    assert (asked["max_tokens"], asked["temperature"], asked["seed"]) == (64, 0.0, 0)
+    assert "How long?" in asked["messages"][-1]["content"]
+    assert "[2]" in asked["messages"][-1]["content"] and "[3]" not in asked["messages"][-1]["content"]  # k=2
+    gated = ask(llm, _Retriever(), "Unrelated?", min_score=0.9, on_text=streamed.append)
     assert gated.declined and gated.decline_reason == "score_gate" and gated.completion is None
-    assert len(llm.prompts) == 1 and streamed[-1] == DECLINE_TEXT  # the LLM was not asked
+    assert len(llm.calls) == 1 and streamed[-1] == DECLINE_TEXT  # the LLM was not asked
 
 
 @pytest.fixture(scope="module")
 def zephyr_kb(tmp_path_factory):
-    from mastery.labs.l19_rag import RUNBOOK, ZEPHYR_PAGES
+    from mastery.eval.rag_tasks import RUNBOOK, ZEPHYR_PAGES
     from mastery.retrieval.documents import write_text_pdf
     from mastery.retrieval.kb import KnowledgeBase, SentenceEmbedder
 
@@ -181,11 +161,11 @@ def test_the_score_gate_reads_the_dense_similarity_whatever_the_retriever_scores
         def search(self, query, k):
             return fused[:k]
 
-    llm = _FakeLLM(["The Zephyr-9 keeps nightly snapshots for 42 days [1]."])
+    llm = ScriptedChat(["The Zephyr-9 keeps nightly snapshots for 42 days [1]."])
     passed = ask(llm, Fused(), "How long?", k=2, min_score=0.9)  # 0.93 >= 0.9 although every score is < 0.02
-    assert not passed.declined and len(llm.prompts) == 1
+    assert not passed.declined and len(llm.calls) == 1
     gated = ask(llm, Fused(), "How long?", k=1, min_score=0.9)  # only the 0.42 passage is retrieved
-    assert gated.decline_reason == "score_gate" and len(llm.prompts) == 1
+    assert gated.decline_reason == "score_gate" and len(llm.calls) == 1
     with pytest.raises(MasteryError, match="query is empty"):
         from mastery.retrieval.hybrid import HybridRetriever
 

@@ -3,7 +3,6 @@ a streamed answer from the local LLM (llama.cpp, Qwen2.5-Coder-0.5B), and citati
 
 from __future__ import annotations
 
-import re
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -13,49 +12,7 @@ from typing import Any, Literal
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
-
-# (question, expected source, keywords of a correct answer; any one suffices). Expected source: a technique ID,
-# or "file.pdf p.N" (N may be "N|M" when the fact sits on a page boundary), or "file" for any page.
-# An empty source marks a question the corpus cannot answer.
-TINY_QUESTIONS = (
-    ("How many days does the Zephyr-9 keep nightly snapshots?", "zephyr-handbook.pdf p.1", ("42",)),
-    ("Which channel pages the on-call engineer when the orders database is down?", "runbook.md", ("heron",)),
-    ("Who wrote the novel Moby-Dick?", "", ()),
-)
-FULL_QUESTIONS = (
-    ("Which process memory do adversaries read to dump Windows credentials?", "T1003.001", ("lsass",)),
-    ("What is password spraying?", "T1110.003", ("password",)),
-    ("Which protocol do adversaries abuse to hide command and control traffic in name lookups?", "T1071.004",
-     ("dns", "domain name")),
-    ("How do adversaries achieve persistence with Registry run keys?", "T1547.001", ("run key", "startup")),
-    ("Which Windows utility can create scheduled tasks from the command line?", "T1053.005", ("schtasks",)),
-    ("Why do adversaries encrypt data on target systems for impact?", "T1486", ("availability", "inaccessible",
-                                                                               "ransom")),
-    ("With which magic string does the shared MIME-info magic file start?", "shared-mime-info-spec.pdf p.9",
-     ("mime-magic",)),
-    ("Which extended attribute can store a file's MIME type?", "shared-mime-info-spec.pdf p.14",
-     ("user.mime_type", "mime_type")),
-    ("What does the asn1Parser program generate from ASN.1 definitions?", "libtasn1.pdf p.8", ("array",)),
-    ("Which ASN.1 type does this version of libtasn1 not handle?", "libtasn1.pdf p.6", ("real",)),
-    ("How do comments begin in the ASN.1 syntax that libtasn1 parses?", "libtasn1.pdf p.5", ("--", "dash")),
-    ("What does asn1Decoding generate?", "libtasn1.pdf p.10", ("structure",)),
-    ("Who won the 2014 football World Cup?", "", ()),
-    ("What is the default TCP port of the PostgreSQL server?", "", ()),
-    ("What is the capital city of Australia?", "", ()),
-    ("How much does a commercial support contract for libtasn1 cost?", "", ()),
-    ("Which ATT&CK technique did MITRE add in 1995?", "", ()),
-    ("What is the boiling point of water at sea level?", "", ()),
-)
-ZEPHYR_PAGES = (
-    "Zephyr-9 backup appliance: overview. The Zephyr-9 keeps nightly snapshots for 42 days before it deletes them. "
-    "Snapshots are taken at 02:00 local time and are compressed with zstd.",
-    "Resetting the administrator password. To reset the Zephyr-9 admin password, hold the blue button on the back "
-    "panel for 12 seconds until the status light blinks amber.",
-    "Firmware updates. Firmware 7.3 added support for encrypted off-site replication to a second Zephyr-9. Updates "
-    "are signed; the appliance refuses firmware whose signature does not verify.",
-)
-RUNBOOK = ("# Database outage runbook\n\nWhen the orders database is down, the on-call engineer is paged through the "
-           "Heron channel. The first step is to fail over to the replica in the Lisbon data centre.\n")
+from mastery.eval.rag_tasks import source_matches
 
 # registered assets the tiny preset reads
 REQUIRES: tuple[str, ...] = ("all-minilm-l6-v2", "qwen2.5-coder-0.5b-instruct-q4_k_m")
@@ -103,6 +60,7 @@ PRESETS = {
 
 
 def _build_kb(config: Config, folder: Path, progress: Progress) -> tuple[Any, tuple, dict[str, float]]:
+    from mastery.eval.rag_tasks import FULL_QUESTIONS, RUNBOOK, TINY_QUESTIONS, ZEPHYR_PAGES
     from mastery.retrieval.documents import write_text_pdf
     from mastery.retrieval.kb import KnowledgeBase, SentenceEmbedder, ingest_attack
 
@@ -124,14 +82,6 @@ def _build_kb(config: Config, folder: Path, progress: Progress) -> tuple[Any, tu
         stats["attack_docs"] = attack.chunks
         stats["embed_s"] += attack.embed_seconds
     return kb, questions, stats
-
-
-def _source_ok(hit: Any, expected: str) -> bool:
-    meta = hit.metadata
-    if re.fullmatch(r"T\d{4}(?:\.\d{3})?", expected):
-        return meta.get("technique_id") == expected
-    source, _, page = expected.partition(" p.")
-    return meta.get("source") == source and (not page or str(meta.get("page")) in page.split("|"))
 
 
 def run(config: Config, progress: Progress) -> Report:
@@ -165,8 +115,8 @@ def _score(answer: Any, expected: str, keywords: tuple[str, ...]) -> dict[str, A
     lowered = answer.text.lower()
     return {
         "answerable": bool(expected), "expected": expected or "-", "answer": answer,
-        "retrieved": any(_source_ok(h, expected) for h in answer.hits) if expected else False,
-        "correct_source": bool(expected) and any(_source_ok(answer.hits[i - 1], expected) for i in answer.cited),
+        "retrieved": any(source_matches(h, expected) for h in answer.hits) if expected else False,
+        "correct_source": bool(expected) and any(source_matches(answer.hits[i - 1], expected) for i in answer.cited),
         "keyword": bool(keywords) and not answer.declined and any(k in lowered for k in keywords),
         "prompt_tokens": c.prompt_tokens if c else 0, "completion_tokens": c.completion_tokens if c else 0,
         "ttft": c.time_to_first_token_s if c else None, "latency": c.latency_s if c else 0.0,

@@ -21,6 +21,7 @@ from typing import Any
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
+from mastery.eval.predict_fixtures import BAD_REQUESTS, PASSENGERS
 
 TRACE_ID = "l25-trace-0001"
 
@@ -41,8 +42,8 @@ class Config:
     min_cv_f1: float = 0.7
     max_error_rate: float = 0.0  # failed requests allowed under load
     max_p99_ms: float = 1000.0  # concurrent p99 bound: generous, this is a shared 2-core machine
-    seed: int = 0
     register: bool = False  # save the served model to the model registry as titanic-logreg
+    seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
@@ -68,43 +69,6 @@ PRESETS = {
     "full": Config(register=True),
 }
 
-PASSENGERS = {  # name -> request body; Name carries the title feature
-    "1st-class woman, 38": {"Pclass": 1, "Sex": "female", "Age": 38.0, "SibSp": 1, "Parch": 0, "Fare": 71.28,
-                            "Embarked": "C", "Name": "Cumings, Mrs. John Bradley"},
-    "3rd-class man, 22": {"Pclass": 3, "Sex": "male", "Age": 22.0, "SibSp": 1, "Parch": 0, "Fare": 7.25,
-                          "Embarked": "S", "Name": "Braund, Mr. Owen Harris"},
-    "3rd-class boy, 4": {"Pclass": 3, "Sex": "male", "Age": 4.0, "SibSp": 4, "Parch": 1, "Fare": 29.13,
-                         "Embarked": "Q", "Name": "Rice, Master. Eugene"},
-    "2nd-class girl, 8": {"Pclass": 2, "Sex": "female", "Age": 8.0, "SibSp": 0, "Parch": 2, "Fare": 26.25,
-                          "Embarked": "S", "Name": "Quick, Miss. Phyllis May"},
-    "required fields only": {"Pclass": 2, "Sex": "male", "SibSp": 0, "Parch": 0, "Fare": 13.0},
-}
-
-_BASE = PASSENGERS["3rd-class man, 22"]
-# (what is wrong, endpoint, body (dict, or raw bytes), expected status, field the error must name)
-BAD_REQUESTS: list[tuple[str, str, Any, int, str | None]] = [
-    ("Pclass out of range (4)", "/predict", {**_BASE, "Pclass": 4}, 422, "Pclass"),
-    ("Pclass as a string", "/predict", {**_BASE, "Pclass": "3"}, 422, "Pclass"),
-    ("Sex not in the enum", "/predict", {**_BASE, "Sex": "unknown"}, 422, "Sex"),
-    ("Sex missing", "/predict", {k: v for k, v in _BASE.items() if k != "Sex"}, 422, "Sex"),
-    ("negative Age", "/predict", {**_BASE, "Age": -1}, 422, "Age"),
-    ("Age 200", "/predict", {**_BASE, "Age": 200}, 422, "Age"),
-    ("negative SibSp", "/predict", {**_BASE, "SibSp": -1}, 422, "SibSp"),
-    ("fractional Parch", "/predict", {**_BASE, "Parch": 2.5}, 422, "Parch"),
-    ("negative Fare", "/predict", {**_BASE, "Fare": -5.0}, 422, "Fare"),
-    ("Embarked not a port", "/predict", {**_BASE, "Embarked": "X"}, 422, "Embarked"),
-    ("Name of 201 characters", "/predict", {**_BASE, "Name": "x" * 201}, 422, "Name"),
-    ("Cabin of 51 characters", "/predict", {**_BASE, "Cabin": "C" * 51}, 422, "Cabin"),
-    ("extra field (the label!)", "/predict", {**_BASE, "Survived": 1}, 422, "Survived"),
-    ("not JSON", "/predict", b'{"Pclass": 3,', 422, "body"),
-    ("a JSON list, not an object", "/predict", b"[1, 2, 3]", 422, "body"),
-    ("empty batch", "/predict/batch", {"passengers": []}, 422, "passengers"),
-    ("batch of 101", "/predict/batch", {"passengers": [_BASE] * 101}, 422, "passengers"),
-    ("bad Age in batch item 1", "/predict/batch", {"passengers": [_BASE, {**_BASE, "Age": 999}]}, 422,
-     "passengers.1.Age"),
-    ("600 kB body", "/predict", b'{"Name": "' + b"x" * 600_000 + b'"}', 413, None),
-]
-
 
 def run(config: Config, progress: Progress) -> Report:
     # Load the native libraries first: threadpool_limits only reaches those already loaded.
@@ -115,8 +79,6 @@ def run(config: Config, progress: Progress) -> Report:
 
     with threadpool_limits(limits=1), tempfile.TemporaryDirectory(prefix="l25-") as tmp:
         return _run(config, progress, Path(tmp))
-    if config.register:
-        _register(report, model_path, local)
 
 
 def _run(config: Config, progress: Progress, tmp: Path) -> Report:
@@ -145,18 +107,6 @@ def _run(config: Config, progress: Progress, tmp: Path) -> Report:
     start = time.perf_counter()
     loaded = load_artifact(model_path)
     report.timing("artifact_load_seconds", time.perf_counter() - start)
-def _register(report: Report, model_path: Path, local: Any) -> None:
-    """The served artifact (skops file + sidecar, unchanged bytes) as the next titanic-logreg version."""
-    from mastery.ops.registry_loaders import note_registered
-    from mastery.serving.titanic_model import register_titanic
-
-    ref = register_titanic(model_path, metrics={k: report.metrics[k] for k in ("cv_f1", "cv_roc_auc", "cv_accuracy")
-                                                if k in report.metrics},
-                           probe={"input": list(PASSENGERS.values()), "output": [float(p) for p in local]},
-                           lab_config=report.config)
-    note_registered(report, ref)
-
-
     bodies = list(PASSENGERS.values())
     local = predict_proba(trained.model, bodies)
     # What the server cannot go below: scoring one passenger in-process (pandas frame + pipeline).
@@ -166,6 +116,8 @@ def _register(report: Report, model_path: Path, local: Any) -> None:
                  "the skops-loaded pipeline predicts exactly what the trained one does",
                  report.metrics["roundtrip_max_abs_diff"])
     _artifact_attacks(report, config, trained.model, model_path, tmp, progress)
+    if config.register:
+        _register(report, model_path, local)
 
     progress.stage("serve", None)
     log_path = tmp / "server.log"
@@ -192,6 +144,18 @@ def _register(report: Report, model_path: Path, local: Any) -> None:
                 "cv_roc_auc")
     report.metrics = {**{k: report.metrics[k] for k in headline}, **report.metrics}
     return report
+
+
+def _register(report: Report, model_path: Path, local: Any) -> None:
+    """The served artifact (skops file + sidecar, unchanged bytes) as the next titanic-logreg version."""
+    from mastery.ops.registry_loaders import note_registered
+    from mastery.serving.titanic_model import register_titanic
+
+    ref = register_titanic(model_path, metrics={k: report.metrics[k] for k in ("cv_f1", "cv_roc_auc", "cv_accuracy")
+                                                if k in report.metrics},
+                           probe={"input": list(PASSENGERS.values()), "output": [float(p) for p in local]},
+                           lab_config=report.config)
+    note_registered(report, ref)
 
 
 @contextlib.contextmanager
