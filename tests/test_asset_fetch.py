@@ -159,6 +159,14 @@ def test_json_list_becomes_json_lines(www):
     assert gzip.decompress(store.resolve(asset).read_bytes()) == expected
 
 
+def test_records_with_keys_in_another_order_pass_the_jsonl_digest(www):
+    bundle = {"objects": [{"type": "tool", "id": "tool--1", "name": "nmap"}]}
+    serve(www, upstream_url("attack_stix", "enterprise-attack.json"), json.dumps(bundle).encode())
+    canonical = b'{"id":"tool--1","name":"nmap","type":"tool"}\n'
+    path = store.resolve(replace(get_asset("attack_stix"), sha256="0" * 64, content_digest=f"jsonl:{sha(canonical)}"))
+    assert gzip.decompress(path.read_bytes()) == b'{"type":"tool","id":"tool--1","name":"nmap"}\n'
+
+
 def test_stix_bundle_becomes_sorted_compact_lines(www):
     bundle = {"type": "bundle", "id": "bundle--1", "objects": [
         {"type": "relationship", "id": "relationship--b", "source_ref": "x"},
@@ -322,7 +330,9 @@ def test_real_json_sources_rebuild_the_exact_jsonl(www):
     objects = [json.loads(line) for line in reversed(lines) if line]  # any order: the conversion sorts
     bundle = {"type": "bundle", "id": "bundle--0", "objects": [{"type": "x-mitre-collection", "id": "c"}, *objects]}
     serve(www, upstream_url("attack_stix", "enterprise-attack.json"), json.dumps(bundle).encode())
-    assert store.sha256_file(store.resolve("attack_stix")) == get_asset("attack_stix").sha256
+    path = store.resolve("attack_stix")
+    assert store.sha256_file(path) == get_asset("attack_stix").sha256
+    assert f"jsonl:{convert.content_digest(path, 'jsonl:')}" == get_asset("attack_stix").content_digest
 
 
 @needs_mirror

@@ -263,11 +263,11 @@ _ASSETS = [
         sha256="a5956cfa7c971e8e4e99a428452cab7b40674a853d1bf465d2d371aee2a1672a",
         size=7468080,
         # The mirror was built from the per-object files; the combined bundle holds the same objects (plus
-        # its collection object, dropped). Should its key order differ, the uncompressed digest still decides.
+        # its collection object, dropped). Should it write their keys in another order, the records decide.
         upstream=(("enterprise-attack.json", _github_raw("mitre/cti", "421deacb77191b38bdd1bf63268954e93da91365",
                                                          "enterprise-attack/enterprise-attack.json")),),
         convert="stix_jsonl",
-        content_digest="gunzip:ecb064c3730b528acf04581f149f269d2a949bed1ebfa02eb233a8967a67d4e7",
+        content_digest="jsonl:92745d09fd39438f16c98fb330947af2e677ddd94e1f53916eceea8fa5573b4d",
     ),
     Asset(
         name="ctibench",

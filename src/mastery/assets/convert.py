@@ -14,6 +14,9 @@ over the content (``content_digest = "<method>:<sha256>"``, see :func:`content_d
   binary the file is written with zlib and checked by ``gunzip:`` (the digest of the uncompressed bytes).
 - ``np.savez_compressed`` stamps each zip member with the time of writing, so the mirror's ``mnist.npz``
   has no reproducible bytes; :func:`write_npz` writes fixed dates, and ``npz:`` digests the arrays.
+
+``jsonl:`` digests JSON records whatever the order of their keys (the ATT&CK bundle's objects against
+the per-object files the mirror was built from).
 """
 
 from __future__ import annotations
@@ -109,7 +112,20 @@ def gunzip_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-_DIGESTS: dict[str, Callable[[Path], str]] = {"gunzip": gunzip_digest, "npz": npz_digest}
+def jsonl_digest(path: Path) -> str:
+    """sha256 over a gzipped JSON-lines file's records in canonical form (sorted keys, compact), in file
+    order: the same records with their keys in another order give the same digest."""
+    h = hashlib.sha256()
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                record = json.loads(line)
+                h.update(json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+                h.update(b"\n")
+    return h.hexdigest()
+
+
+_DIGESTS: dict[str, Callable[[Path], str]] = {"gunzip": gunzip_digest, "npz": npz_digest, "jsonl": jsonl_digest}
 
 
 def content_digest(path: Path, spec: str) -> str:
@@ -119,7 +135,7 @@ def content_digest(path: Path, spec: str) -> str:
         raise AssetError(f"unknown content digest method '{method}' (known: {', '.join(_DIGESTS)})")
     try:
         return _DIGESTS[method](path)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         raise AssetError(f"cannot read {path} to digest its content: {exc}") from exc
 
 
