@@ -306,8 +306,11 @@ def test_server_process_serves_and_stops(artifact, tmp_path):
 def test_cli_refuses_a_bad_model_with_exit_code_2(tmp_path, capsys):
     from mastery.cli import main
 
-    assert main(["serve", "predict", "--model", str(tmp_path / "missing.skops")]) == 2
+    assert main(["serve", "predict", "--artifact", str(tmp_path / "missing.skops")]) == 2
     assert "model file not found" in capsys.readouterr().err
+    # --model is always a registry name: a path there is refused as a name
+    assert main(["serve", "predict", "--model", str(tmp_path / "missing.skops")]) == 2
+    assert "model name" in capsys.readouterr().err
 
 
 @needs_mirror
