@@ -235,11 +235,11 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
     settings = FineTuneSettings(max_length=config.max_length, head_tokens=config.head_tokens, epochs=config.epochs,
                                 batch_size=config.batch_size, lr=config.lr, bf16=config.bf16, pooling=config.pooling,
                                 seed=config.seed)
+    scratch = tempfile.TemporaryDirectory(prefix="mastery-l16-") if config.register else None
     result = finetune_classifier(model_dir, train.text.tolist(), train.label.tolist(), test.text.tolist(),
                                  test.label.tolist(), settings, device=device, progress=progress,
                                  output_dir=Path(scratch.name) / "model" if scratch else None)
     report.metric("n_train", len(train))
-    scratch = tempfile.TemporaryDirectory(prefix="mastery-l16-") if config.register else None
     report.metric("n_test", len(test))
     report.metric("max_length", config.max_length)
     report.metric("truncated_fraction", round(result.truncated_fraction, 6))
@@ -252,12 +252,12 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
     report.timing("finetune_train_samples_per_second", result.train_samples * config.epochs / result.train_seconds)
     report.timing("finetune_eval_samples_per_second", len(test) / result.eval_seconds)
     report.check("f1", result.f1 >= config.min_f1, f"test F1 >= {config.min_f1}", round(result.f1, 4))
-    try:
-        from transformers import AutoTokenizer
-
     if scratch is not None:
         with scratch:
             _register(report, config, result, model_dir, source)
+    try:
+        from transformers import AutoTokenizer
+
         encode_texts(AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True), ["fine", ""], 32, 8)
         outcome = "no error"
     except FineTuneError as exc:

@@ -95,12 +95,12 @@ def run(config: Config, progress: Progress) -> Report:
     reranker = _cross_encoder(report, config, setup, str(device), progress)
     results = _evaluate(report, config, setup, reranker, progress)
     _report(report, config, setup, results)
+    if config.register and "ce_result" in setup:  # a canonical cross-encoder is not ours to register
+        _register(report, config, setup)
     return report
 
 
 # -- corpus, questions, first-stage retrievers ---------------------------------------------------
-    if config.register and "ce_result" in setup:  # a canonical cross-encoder is not ours to register
-        _register(report, config, setup)
 def _setup(report: Report, config: Config, device: str, progress: Progress) -> dict[str, Any]:
     import random
 
