@@ -1,11 +1,17 @@
 """L14 building blocks: the hand-written LSTM, gradient flow, the character LM helpers."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from mastery.text import charlm
 from mastery.text.rnn import ScratchLSTM, gradient_through_time, make_recurrent
+from tests.conftest import needs_mirror
 
 
 @pytest.mark.parametrize("layer", [0, 1])
@@ -130,3 +136,47 @@ def test_char_lm_learns_and_samples():
     assert len(out) == 50 and set(out) <= set(vocab.chars)
     with pytest.raises(ValueError, match="temperature"):
         charlm.sample(model, vocab, "to ", 5, 0.0, gen, "cpu")
+
+
+def test_repetition_is_measured_on_character_4_grams():
+    looping = "the king the king the king the king "
+    stats = charlm.repetition_stats(looping)
+    assert stats["char4"] == pytest.approx(charlm.repeated_ngram_rate(looping, 4))
+    assert stats["char4"] > 0.6 > charlm.repetition_stats("a quick brown fox jumps over the lazy dog")["char4"]
+
+
+# Both runs in one interpreter: the cap must be set before oneDNN starts, so it needs its own process.
+_AVX2_RUNS = """
+import json
+from mastery.core.config import apply_overrides
+from mastery.core.labs import load_lab, run_lab
+lab = load_lab("l14")
+out = {}
+# bf16=on only has to train without crashing: a shorter run, no GRU
+for choice, extra in (("auto", []), ("on", ["steps=20", "gru=false", "max_val_loss=10"])):
+    report = run_lab(lab, apply_overrides(lab.config("tiny"), [f"bf16={choice}", *extra]), "tiny")
+    out[choice] = {"device": report.device, "notes": report.notes, "passed": report.passed,
+                   "metrics": sorted(report.metrics)}
+print(json.dumps(out))
+"""
+
+
+@needs_mirror
+def test_tiny_preset_on_an_avx2_only_cpu_trains_in_float32(tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN to an AVX2 CPU's kernels: bf16 autocast of an LSTM then fails
+    ("could not create a primitive descriptor"), so auto must choose float32 and even bf16=on must not autocast."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", _AVX2_RUNS], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    for choice, run in runs.items():
+        assert run["passed"], choice
+        assert run["device"].endswith(", float32"), run["device"]
+        precision = [n for n in run["notes"] if n.startswith(f"Precision (`bf16={choice}`)")]
+        assert len(precision) == 1 and "ONEDNN_MAX_CPU_ISA=AVX2" in precision[0]
+    assert "LSTM" in next(n for n in runs["on"]["notes"] if n.startswith("Precision"))
+    # One repetition metric per temperature, on character 4-grams; the word 3-gram and char4_ names are gone.
+    metrics = runs["auto"]["metrics"]
+    assert {"repeat_rate_t0.5", "repeat_rate_t1.2", "repeat_rate_val_text"} <= set(metrics)
+    assert not [m for m in metrics if m.startswith("char4_")]

@@ -44,7 +44,7 @@ class Config:
     lr: float = 1e-4
     # "mean" suits sentence-transformers encoders such as MiniLM; "cls" for DistilBERT/BERT
     pooling: Literal["mean", "cls"] = "mean"
-    bf16: bool = True
+    bf16: Literal["auto", "on", "off"] = "auto"  # bf16 autocast (MLM and fine-tuning) where the device has it natively
     device: Device = "auto"
     min_f1: float = 0.88
     min_mlm_gain: float = 2.0  # masked-token accuracy must be this many times the unigram baseline
@@ -83,16 +83,19 @@ PRESETS = {
 
 def run(config: Config, progress: Progress) -> Report:
     from mastery.assets.loaders import load_imdb
+    from mastery.core.precision import decide_bf16
     from mastery.nn.train import start_torch_report
 
     report, device = start_torch_report("l16", config)
+    precision = decide_bf16(config.bf16, device)
+    precision.record(report)
     imdb = load_imdb()
-    _pretrain(report, config, imdb, device, progress)
-    _finetune(report, config, imdb, str(device), progress)
+    _pretrain(report, config, imdb, device, precision.bf16, progress)
+    _finetune(report, config, imdb, str(device), precision.bf16, progress)
     return report
 
 
-def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: Progress) -> None:
+def _pretrain(report: Report, config: Config, imdb: Any, device: Any, bf16: bool, progress: Progress) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +129,7 @@ def _pretrain(report: Report, config: Config, imdb: Any, device: Any, progress: 
     eval_blocks = text_blocks(tokenizer, eval_text, config.mlm_block_len, max(64, config.mlm_max_blocks // 10))
 
     result = train_mlm(train_blocks, eval_blocks, spec, epochs=config.mlm_epochs, batch_size=config.mlm_batch_size,
-                       lr=config.mlm_lr, device=device, bf16=config.bf16, seed=config.seed, progress=progress)
+                       lr=config.mlm_lr, device=device, bf16=bf16, seed=config.seed, progress=progress)
     train_ids, _ = pack_sequences(train_blocks, spec)
     eval_ids, eval_att = pack_sequences(eval_blocks, spec)
     baseline = unigram_baseline_accuracy(train_ids, eval_ids, eval_att, spec)
@@ -218,7 +221,7 @@ def _resolve_model(name: str) -> tuple[Path, str]:
     raise ConfigError(f"model {name!r} is neither a registry model nor a folder")
 
 
-def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: Progress) -> None:
+def _finetune(report: Report, config: Config, imdb: Any, device: str, bf16: bool, progress: Progress) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,7 +236,7 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
     train = balanced_subset(imdb[imdb.split == "train"], config.n_train, config.seed)
     test = balanced_subset(imdb[imdb.split == "test"], config.n_test, config.seed)
     settings = FineTuneSettings(max_length=config.max_length, head_tokens=config.head_tokens, epochs=config.epochs,
-                                batch_size=config.batch_size, lr=config.lr, bf16=config.bf16, pooling=config.pooling,
+                                batch_size=config.batch_size, lr=config.lr, bf16=bf16, pooling=config.pooling,
                                 seed=config.seed)
     scratch = tempfile.TemporaryDirectory(prefix="mastery-l16-") if config.register else None
     result = finetune_classifier(model_dir, train.text.tolist(), train.label.tolist(), test.text.tolist(),
@@ -295,7 +298,7 @@ def _finetune(report: Report, config: Config, imdb: Any, device: str, progress: 
         f"Fine-tuning: {source} ({result.n_params / 1e6:.1f}M parameters) with {head}, trained end to "
         f"end by the Hugging Face Trainer on {len(train):,} stratified IMDb training reviews for {config.epochs:g} "
         f"epochs (AdamW, lr {config.lr:g}, linear decay with 10% warm-up, batch {config.batch_size}, "
-        f"{'bf16 autocast, ' if config.bf16 else ''}length-grouped batches), tested on {len(test):,} test reviews. "
+        f"{'bf16 autocast, ' if bf16 else ''}length-grouped batches), tested on {len(test):,} test reviews. "
         f"Reviews longer than {config.max_length} word pieces ({result.truncated_fraction:.0%} of training reviews) "
         f"keep their first {config.head_tokens} and last {config.max_length - 2 - config.head_tokens}. "
         "DistilBERT (anchor F1 0.92-0.93 with full data and 512 tokens) has no offline copy in the registry, so "

@@ -49,7 +49,7 @@ class Config:
     ce_lr: float = 1e-4  # encoder layers; 3e-4 stalled at chance in a 150-step trial, 1e-4 learned
     ce_head_lr: float = 1e-2  # the zero-initialised linear head on top of the mean pool
     ce_max_length: int = 160  # question + the passage's first ~130 word pieces (heading and opening sentences)
-    bf16: bool = True  # bf16 autocast for the cross-encoder (train and score)
+    bf16: Literal["auto", "on", "off"] = "auto"  # cross-encoder autocast (train, score) where the device has it
     device: Device = "auto"
     min_rerank_gain: float = 0.10  # goal: recall@3 of hybrid + rerank >= vector-only + this
     min_bm25_id_recall: float = 0.9  # BM25 recall@1 on "What is T1234?" questions
@@ -88,10 +88,14 @@ PRESETS = {
 
 
 def run(config: Config, progress: Progress) -> Report:
+    from mastery.core.precision import decide_bf16
     from mastery.nn.train import start_torch_report
 
     report, device = start_torch_report("l20", config)
+    precision = decide_bf16(config.bf16, device)
+    precision.record(report)
     setup = _setup(report, config, str(device), progress)
+    setup["bf16"] = precision.bf16
     reranker = _cross_encoder(report, config, setup, str(device), progress)
     results = _evaluate(report, config, setup, reranker, progress)
     _report(report, config, setup, results)
@@ -155,7 +159,7 @@ def _cross_encoder(report: Report, config: Config, setup: dict[str, Any], device
     path, why = (None, "training was asked for") if config.cross_encoder == "trained" else canonical_cross_encoder()
     if path is not None:
         setup["reranker_source"] = f"canonical ms-marco cross-encoder ({why})"
-        return CrossEncoderScorer(load_cross_encoder(path, device, config.ce_max_length), bf16=config.bf16,
+        return CrossEncoderScorer(load_cross_encoder(path, device, config.ce_max_length), bf16=setup["bf16"],
                                   name="ms-marco cross-encoder")
     if config.cross_encoder == "canonical":
         raise AssetError(f"cross_encoder=canonical but {why}; use cross_encoder=auto to train one instead")
@@ -173,7 +177,7 @@ def _cross_encoder(report: Report, config: Config, setup: dict[str, Any], device
     result = train_cross_encoder(groups, out, head=config.ce_head, epochs=config.ce_epochs,
                                  groups_per_batch=config.ce_groups_per_batch,
                                  lr=config.ce_lr, head_lr=config.ce_head_lr, max_length=config.ce_max_length,
-                                 bf16=config.bf16, device=device, seed=config.seed, progress=progress)
+                                 bf16=setup["bf16"], device=device, seed=config.seed, progress=progress)
     progress.artifact(result.path)
     report.timing("ce_train_seconds", result.seconds)
     report.metric("ce_train_groups", result.n_groups)
@@ -191,7 +195,7 @@ def _cross_encoder(report: Report, config: Config, setup: dict[str, Any], device
                                 f"safetensors to {result.path.name}/ in the cache")
     setup["ce_result"] = result
     setup["ce_probe"] = {"input": {"query": probe_q, "passages": probe}, "output": trained_scores.tolist()}
-    return CrossEncoderScorer(loaded, bf16=config.bf16, name="cross-encoder")
+    return CrossEncoderScorer(loaded, bf16=setup["bf16"], name="cross-encoder")
 
 
 def _register(report: Report, config: Config, setup: dict[str, Any]) -> None:
@@ -394,8 +398,7 @@ def _notes(report: Report, config: Config, setup: dict[str, Any], gain: float) -
         report.note(
             f"Cross-encoder training: {ce.n_groups} groups of (question, its technique, {config.ce_negatives} hard "
             f"negatives from the hybrid top-{config.rerank_depth}) from train techniques only, listwise softmax loss, "
-            f"{config.ce_head}-pooled head, {ce.steps} steps, {ce.seconds:.0f} s on {report.device}, bf16 autocast "
-            f"{'on' if config.bf16 else 'off'}, "
+            f"{config.ce_head}-pooled head, {ce.steps} steps, {ce.seconds:.0f} s on {report.device}, "
             f"pairs truncated to {config.ce_max_length} word pieces. The registry has no cross-encoder, so this is "
             "the one used; the canonical ms-marco MiniLM cross-encoder would be picked up automatically if registered."
         )

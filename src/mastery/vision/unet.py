@@ -77,4 +77,9 @@ def build_from_manifest(arch: dict) -> UNet:
     """A fresh UNet from a model-registry ``architecture`` entry (weights are loaded after)."""
     if arch.get("class") != "UNet":
         raise ValueError(f"mastery.vision.unet cannot build {arch.get('class')!r}; known: UNet")
-    return UNet(**arch.get("kwargs", {}))
+    kwargs = dict(arch.get("kwargs", {}))
+    # The training machine's bf16 choice does not travel with the weights: a loaded model runs float32
+    # (bf16 on a CPU without AVX512-BF16/AMX is emulated and many times slower) unless the caller sets
+    # ``model.bf16 = mastery.core.precision.decide_bf16("auto", device).bf16`` for its own device.
+    kwargs.pop("bf16", None)
+    return UNet(**kwargs)
