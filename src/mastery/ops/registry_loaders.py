@@ -54,12 +54,21 @@ def _seeded_input(spec: Mapping[str, Any]) -> Any:
 
 
 def _forward(model: Any, x: Any) -> Any:
+    """model(x) in eval mode and float32: a model with a ``bf16`` switch (CifarCNN, UNet) runs with it off,
+    as a rebuilt model does (the training machine's bf16 choice does not travel with the weights)."""
     import torch
 
     model.eval()
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        out = model(x.to(device))
+    bf16 = getattr(model, "bf16", None)
+    if bf16 is not None:
+        model.bf16 = False
+    try:
+        with torch.inference_mode():
+            out = model(x.to(device))
+    finally:
+        if bf16 is not None:
+            model.bf16 = bf16
     if isinstance(out, tuple):  # recurrent models return (logits, state)
         out = out[0]
     return out.float().cpu()
