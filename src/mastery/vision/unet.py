@@ -78,8 +78,11 @@ def build_from_manifest(arch: dict) -> UNet:
     if arch.get("class") != "UNet":
         raise ValueError(f"mastery.vision.unet cannot build {arch.get('class')!r}; known: UNet")
     kwargs = dict(arch.get("kwargs", {}))
-    # The training machine's bf16 choice does not travel with the weights: a loaded model runs float32
-    # (bf16 on a CPU without AVX512-BF16/AMX is emulated and many times slower) unless the caller sets
-    # ``model.bf16 = mastery.core.precision.decide_bf16("auto", device).bf16`` for its own device.
-    kwargs.pop("bf16", None)
+    if kwargs.get("bf16"):
+        from mastery.core.precision import decide_bf16
+
+        # Trained with bf16 autocast: keep it only where this CPU runs bf16 natively (then the outputs match
+        # the training machine's); elsewhere it is emulated and many times slower, so run float32. A caller
+        # that moves the model to a GPU may set ``model.bf16 = decide_bf16("auto", device).bf16`` itself.
+        kwargs["bf16"] = decide_bf16("auto", "cpu").bf16
     return UNet(**kwargs)
