@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(BIN)/mastery demo
+	$(BIN)/mastery labs demo
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="the API's worker threads")
     parser.add_argument("--queue", type=int, default=8, help="the API's queue limit (more runs get 429)")
     parser.add_argument("--timeout-every", type=int, default=4, help="the primary times out on every Nth call")
-    parser.add_argument("--llm-timeout", type=float, default=0.3, help="client timeout per LLM call (s)")
+    parser.add_argument("--timeout", type=float, default=0.3, help="client timeout per LLM call (s)")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="stop starting runs after this long")
     args = parser.parse_args(argv)
     if not (1 <= args.runs <= 5000 and 1 <= args.concurrency <= 128 and args.timeout_every >= 1):

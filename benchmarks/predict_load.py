@@ -1,6 +1,6 @@
 """Load benchmark of ``POST /predict``: a bounded number of requests at a fixed concurrency, local only.
 
-Trains the Titanic model (or uses ``--model``), starts ``mastery serve predict`` as a separate process on
+Trains the Titanic model (or uses ``--model``), starts ``mastery predict serve`` as a separate process on
 127.0.0.1 (its own interpreter, so the client does not share its GIL), sends ``--requests`` POSTs from
 ``--concurrency`` asyncio workers over one httpx.AsyncClient, stops the server and prints one JSON object:
 p50/p90/p99/mean/max latency (ms, client-side, queueing included), requests/s and the error rate, for a
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             conc = concurrent_load(url, payloads, args.requests, args.concurrency, max_seconds=args.max_seconds)
     result = {
         "endpoint": "POST /predict",
-        "server": f"mastery serve predict (1 uvicorn process, {args.scoring_threads} scoring thread(s)) on 127.0.0.1",
+        "server": f"mastery predict serve (1 uvicorn process, {args.scoring_threads} scoring thread(s)) on 127.0.0.1",
         "machine": f"{platform.machine()}, {os.cpu_count()} logical cores, python {platform.python_version()}",
         "sequential": _rounded(seq.summary()),
         "concurrent": _rounded(conc.summary()),

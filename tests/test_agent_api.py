@@ -370,12 +370,10 @@ def test_fuzz_finds_no_server_errors(api):
     assert not result.failures(), [o.examples for o in result.operations if o.failures]
 
 
-def test_cli_registers_serve_agent():
-    import argparse
+def test_cli_registers_agent_serve():
+    from mastery.cli import build_parser
 
-    from mastery.serving.cli import register
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"), argparse.ArgumentParser)
-    args = parser.parse_args(["serve", "agent", "--port", "8011", "--fallback-url", "http://127.0.0.1:9/v1"])
+    args = build_parser().parse_args(["agent", "serve", "--port", "8011", "--fallback-url", "http://127.0.0.1:9/v1",
+                                      "--mode", "native", "--llm-url", "http://127.0.0.1:9/v1"])
     assert args.port == 8011 and args.fallback_url.endswith("/v1") and args.db.endswith(".db")
+    assert args.mode == "native" and args.llm_url == "http://127.0.0.1:9/v1"

@@ -260,12 +260,12 @@ def test_crewai_stays_offline(monkeypatch):
 
 # -- CLI -----------------------------------------------------------------------------------------------------
 def test_crew_cli_errors(capsys):
-    assert main(["crew", "run", "topic", "--search", "searxng", "--url", "http://127.0.0.1:9/v1"]) == 2
+    assert main(["crew", "run", "topic", "--search", "searxng", "--llm-url", "http://127.0.0.1:9/v1"]) == 2
     assert "needs a URL" in capsys.readouterr().err
-    assert main(["crew", "run", "topic", "--rounds", "0", "--url", "http://127.0.0.1:9/v1"]) == 2
+    assert main(["crew", "run", "topic", "--rounds", "0", "--llm-url", "http://127.0.0.1:9/v1"]) == 2
     assert "rounds" in capsys.readouterr().err
     # a dead LLM server: every stage fails, the crew ends "failed" with a reason, exit code 1 (not a traceback)
-    code = main(["crew", "run", "topic", "--bm25-only", "--url", "http://127.0.0.1:9/v1", "--json"])
+    code = main(["crew", "run", "topic", "--bm25-only", "--llm-url", "http://127.0.0.1:9/v1", "--json"])
     out = capsys.readouterr().out
     assert code == 1 and json.loads(out)["status"] == "failed"
 

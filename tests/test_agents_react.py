@@ -310,7 +310,7 @@ def test_cli_answers_a_multi_step_question_with_the_embedded_llm(llm_server, cap
     from mastery.cli import main
 
     question = "A team scans 48 hosts per hour. First compute how many hosts it scans in 9 hours, then add 120."
-    code = main(["agent", "run", question, "--url", llm_server.url, "--tools", "calculator", "--json"])
+    code = main(["agent", "run", question, "--llm-url", llm_server.url, "--tools", "calculator", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["status"] == "answered" and "552" in out["answer"]
     calls = [(s["action"], s["action_input"], s["observation"]) for s in out["steps"] if s["action"]]

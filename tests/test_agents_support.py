@@ -228,7 +228,7 @@ def test_cli_ask_review_show_and_errors(tmp_path, capsys):
 def test_end_to_end_with_the_local_llm(llm_server, tmp_path, capsys):
     db = str(tmp_path / "s.sqlite")
     assert main(["support", "ask", "Please cancel my subscription, I don't use it anymore.", "--thread", "e2e",
-                 "--db", db, "--retrieval", "bm25", "--url", llm_server.url]) == 0
+                 "--db", db, "--retrieval", "bm25", "--llm-url", llm_server.url]) == 0
     out = capsys.readouterr().out
     assert "intent:  cancellation" in out and "POL-CANCEL" in out  # the model or the fallback: either routes it
     assert main(["support", "review", "--thread", "e2e", "--approve", "--db", db]) == 0

@@ -271,7 +271,7 @@ def test_wheel_member_is_converted_before_it_is_checked(www, monkeypatch, tmp_pa
 
 # -- the demo on a machine with nothing ----------------------------------------------------------------
 def test_demo_without_assets_runs_what_it_can_and_names_the_rest(www, tmp_path, capsys):
-    code = main(["demo", "--labs", "l01,l02,l05", "--quiet", "--out", str(tmp_path / "runs")])
+    code = main(["labs", "demo", "--labs", "l01,l02,l05", "--quiet", "--out", str(tmp_path / "runs")])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "l01 tiny:" in out and "checks 3/3" in out

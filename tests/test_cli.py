@@ -76,3 +76,33 @@ def test_data_commands(capsys):
 
 def test_every_lesson_has_a_module_name():
     assert len({lesson.lab_module for lesson in LESSONS}) == 44
+
+
+def test_help_ends_with_the_noun_verb_map(capsys):
+    from mastery.cli import build_parser
+
+    text = build_parser().format_help()
+    # one grammar: every command is `mastery NOUN VERB`, and the map lists each pair once
+    for pair in ("labs run", "labs demo", "models show", "predict serve", "predict train", "agent serve",
+                 "llm serve", "config show"):
+        assert f"  {pair} " in text, pair
+    assert "\n  serve " not in text and "train-titanic" not in text
+
+
+def test_a_file_path_is_always_artifact_and_the_llm_url_one_spelling():
+    from mastery.cli import build_parser
+
+    parser = build_parser()
+    spellings = {action.option_strings[0] for action in _all_actions(parser) if action.option_strings}
+    assert "--weights" not in spellings and "--url" not in spellings
+    assert {"--artifact", "--llm-url", "--model"} <= spellings
+
+
+def _all_actions(parser):
+    import argparse
+
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_actions(sub)

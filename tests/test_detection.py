@@ -263,7 +263,7 @@ def test_validate_rejects_orphan_label_in_dataset(items, tmp_path):
 # -- the CLI --------------------------------------------------------------------------------------
 def test_cli_registration_imports_nothing_heavy():
     code = ("import sys; from mastery.cli import build_parser; build_parser().parse_args(['vision', 'detect', "
-            "'--weights', 'w.pt', '--source', '0']); heavy = [m for m in ('ultralytics', 'cv2', 'torch') "
+            "'--artifact', 'w.pt', '--source', '0']); heavy = [m for m in ('ultralytics', 'cv2', 'torch') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -297,7 +297,7 @@ def test_vision_detect_writes_an_annotated_video_and_fails_clearly(random_weight
         writer.write(np.ascontiguousarray(scene.image[..., ::-1]))
     writer.release()
     out = tmp_path / "annotated.mp4"
-    args = ["vision", "detect", "--weights", str(random_weights), "--imgsz", "64", "--device", "cpu", "--conf", "0.0"]
+    args = ["vision", "detect", "--artifact", str(random_weights), "--imgsz", "64", "--device", "cpu", "--conf", "0.0"]
     assert main([*args, "--source", str(clip), "--out", str(out)]) == 0
     assert "3 frames" in capsys.readouterr().out
     cap = cv2.VideoCapture(str(out))
@@ -305,7 +305,7 @@ def test_vision_detect_writes_an_annotated_video_and_fails_clearly(random_weight
     assert ok and frame.shape == (64, 64, 3) and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     cap.release()
 
-    missing = ["vision", "detect", "--weights", str(tmp_path / "none.pt"), "--source", str(clip)]
+    missing = ["vision", "detect", "--artifact", str(tmp_path / "none.pt"), "--source", str(clip)]
     assert main(missing) == 2
     assert "weights file not found" in capsys.readouterr().err
     (tmp_path / "notvideo.mp4").write_text("hello")
@@ -316,5 +316,5 @@ def test_vision_detect_writes_an_annotated_video_and_fails_clearly(random_weight
     assert main([*args, "--source", "97", "--out", str(out)]) == 2
     assert "webcam 97 is not available" in capsys.readouterr().err
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    assert main(["vision", "detect", "--weights", str(tmp_path / "bad.pt"), "--source", str(clip)]) == 2
+    assert main(["vision", "detect", "--artifact", str(tmp_path / "bad.pt"), "--source", str(clip)]) == 2
     assert "could not load YOLO weights" in capsys.readouterr().err

@@ -297,11 +297,11 @@ def test_tiny_timeout_on_a_long_generation(llm_server):
 def test_cli_chat_streams_and_dead_url_exits_2(llm_server, capsys):
     from mastery.cli import main
 
-    assert main(["llm", "chat", "Say OK", "--url", llm_server.url, "--max-tokens", "4"]) == 0
+    assert main(["llm", "chat", "Say OK", "--llm-url", llm_server.url, "--max-tokens", "4"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() and "completion tokens" in captured.err
     dead = f"http://127.0.0.1:{_free_port()}/v1"
-    assert main(["llm", "chat", "hi", "--url", dead]) == 2
+    assert main(["llm", "chat", "hi", "--llm-url", dead]) == 2
     assert f"no LLM server answers at {dead}" in capsys.readouterr().err
 
 

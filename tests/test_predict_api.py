@@ -306,10 +306,10 @@ def test_server_process_serves_and_stops(artifact, tmp_path):
 def test_cli_refuses_a_bad_model_with_exit_code_2(tmp_path, capsys):
     from mastery.cli import main
 
-    assert main(["serve", "predict", "--artifact", str(tmp_path / "missing.skops")]) == 2
+    assert main(["predict", "serve", "--artifact", str(tmp_path / "missing.skops")]) == 2
     assert "model file not found" in capsys.readouterr().err
     # --model is always a registry name: a path there is refused as a name
-    assert main(["serve", "predict", "--model", str(tmp_path / "missing.skops")]) == 2
+    assert main(["predict", "serve", "--model", str(tmp_path / "missing.skops")]) == 2
     assert "model name" in capsys.readouterr().err
 
 
@@ -318,6 +318,6 @@ def test_cli_train_titanic(tmp_path, capsys):
     from mastery.cli import main
 
     out = tmp_path / "t.skops"
-    assert main(["serve", "train-titanic", "--out", str(out), "--folds", "2"]) == 0
+    assert main(["predict", "train", "--artifact", str(out), "--folds", "2"]) == 0
     assert "CV F1" in capsys.readouterr().out
     assert load_artifact(out).meta["training"]["cv_folds"] == 2

@@ -126,7 +126,7 @@ def test_rag_ask_cli_answers_from_a_pdf_with_citations(llm_server, zephyr_kb, ca
     from mastery.cli import main
 
     code = main(["rag", "ask", "How many days does the Zephyr-9 keep nightly snapshots?", "--collection", "docs",
-                 "--kb-dir", str(zephyr_kb), "--url", llm_server.url, "--max-tokens", "40", "--device", "cpu"])
+                 "--kb-dir", str(zephyr_kb), "--llm-url", llm_server.url, "--max-tokens", "40", "--device", "cpu"])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "42" in out.out and "Sources: [1] zephyr-handbook.pdf p.1" in out.out
@@ -138,10 +138,10 @@ def test_rag_ask_declines_and_reports_bad_collections(llm_server, zephyr_kb, cap
     from mastery.cli import main
 
     code = main(["rag", "ask", "Who wrote the novel Moby-Dick?", "--collection", "docs", "--kb-dir",
-                 str(zephyr_kb), "--url", llm_server.url, "--max-tokens", "24", "--device", "cpu"])
+                 str(zephyr_kb), "--llm-url", llm_server.url, "--max-tokens", "24", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0 and "I don't know" in out
-    assert main(["rag", "ask", "anything", "--collection", "nope", "--kb-dir", str(zephyr_kb), "--url",
+    assert main(["rag", "ask", "anything", "--collection", "nope", "--kb-dir", str(zephyr_kb), "--llm-url",
                  llm_server.url, "--device", "cpu"]) == 2
     assert "nope" in capsys.readouterr().err
 

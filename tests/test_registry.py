@@ -247,7 +247,7 @@ def test_the_prediction_api_serves_a_registered_model_by_name(tmp_path, monkeypa
     with TestClient(create_app(model="titanic-logreg@1")) as client:
         answer = client.post("/predict", json=body).json()
     assert answer["probability"] == pytest.approx(float(predict_proba(trained.model, [body])[0]))
-    assert main(["serve", "predict", "--model", "titanic-logreg@2"]) == 2
+    assert main(["predict", "serve", "--model", "titanic-logreg@2"]) == 2
     assert "titanic-logreg@2 is not registered" in capsys.readouterr().err
     sidecar = tmp_path / "models" / "titanic-logreg" / "1" / "titanic.skops.json"
     sidecar.write_text(sidecar.read_text().replace('"cv_folds": 2', '"cv_folds": 3'))

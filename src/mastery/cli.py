@@ -344,7 +344,8 @@ def _module_exists(name: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mastery", description="The AI/ML Mastery Roadmap as runnable labs.")
+    parser = _Parser(prog="mastery", description="The AI/ML Mastery Roadmap as runnable labs.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs")
     p.set_defaults(func=cmd_labs_show)
 
-    p = sub.add_parser("demo", help="run every implemented lab's tiny preset and write runs/index.md")
+    p = lsub.add_parser("demo", help="run every implemented lab's tiny preset and write runs/index.md")
     p.add_argument("--labs", default="", help="comma-separated lab ids to run (default: every implemented lab)")
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true")
@@ -387,7 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name in DOMAIN_COMMANDS:
         if _module_exists(name):
             importlib.import_module(name).register(sub, _Parser)
+    parser.epilog = command_map(parser)
     return parser
+
+
+def command_map(parser: argparse.ArgumentParser) -> str:
+    """Every ``mastery NOUN VERB`` with its one-line help: the map ``mastery --help`` ends with."""
+    lines = ["commands (mastery NOUN VERB ...):"]
+    for noun, (noun_parser, _) in _subcommands(parser).items():
+        for verb, (_, help_text) in _subcommands(noun_parser).items():
+            lines.append(f"  {f'{noun} {verb}':<24} {help_text}".rstrip())
+    return "\n".join(lines)
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    """name -> (parser, one-line help) of a parser's sub-commands (argparse keeps them only in ``_actions``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            return {name: (p, helps.get(name, "")) for name, p in action.choices.items()}
+    return {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,3 +82,7 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     p.add_argument("--python-timeout", type=float, default=10.0, help="seconds per python tool run (default 10)")
     _add_llm_options(p)
     p.set_defaults(func=cmd_agent_run)
+
+    from mastery.serving.cli import add_agent_serve
+
+    add_agent_serve(sub)

@@ -136,7 +136,7 @@ def _run(config: Config, progress: Progress, tmp: Path) -> Report:
         f"folds (F1 {report.metrics['cv_f1']:.3f}, ROC-AUC {report.metrics['cv_roc_auc']:.3f}) and refitted on "
         f"all 891 passengers. It is saved with skops (no pickle) as version {meta['version']} (the sha256 prefix "
         "of the file) with a JSON sidecar holding the digest, the request schema, the CV metrics and the library "
-        "versions. The server is `mastery serve predict --artifact ...` in its own process on 127.0.0.1, started "
+        "versions. The server is `mastery predict serve --artifact ...` in its own process on 127.0.0.1, started "
         "and stopped by the lab; every exchange below went over HTTP."
     )
     # The results index lists the first few metrics: put the headline numbers first.

@@ -26,7 +26,7 @@ def _quiet_http_logs() -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from mastery.llm.settings import load_settings
 
-    return load_settings(backend=args.backend, base_url=args.url, model=args.model, timeout_s=args.timeout,
+    return load_settings(backend=args.backend, base_url=args.llm_url, model=args.model, timeout_s=args.timeout,
                          threads=args.threads, ctx=args.ctx)
 
 
@@ -131,8 +131,10 @@ def cmd_rag_ask(args: argparse.Namespace) -> int:
 def _add_llm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("embedded", "ollama", "openai"), default=None,
                    help="default: MASTERY_LLM_BACKEND, else embedded")
-    p.add_argument("--url", default=None, help="OpenAI-compatible base URL ending in /v1 (MASTERY_LLM_BASE_URL)")
-    p.add_argument("--model", default=None, help="model name (MASTERY_LLM_MODEL)")
+    p.add_argument("--llm-url", default=None,
+                   help="the LLM server's OpenAI-compatible base URL ending in /v1 (MASTERY_LLM_BASE_URL)")
+    p.add_argument("--model", default=None, help="the LLM: a registry name for the embedded backend, else the "
+                                                "server's model name (MASTERY_LLM_MODEL)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per call (MASTERY_LLM_TIMEOUT, default 120)")
     p.add_argument("--threads", type=int, default=None, help="embedded server threads (MASTERY_LLM_THREADS)")
     p.add_argument("--ctx", type=int, default=None, help="embedded context length in tokens (MASTERY_LLM_CTX)")

@@ -76,7 +76,7 @@ def default_settings(db_path: str | Path, primary_url: str, primary_model: str, 
                      fallback_model: str | None = None, prices: PriceTable | None = None,
                      tools: Sequence[Tool] | None = None, llm_timeout_s: float = 60.0, workers: int = 2,
                      queue_limit: int = 16, agent_mode: str = "text") -> AgentAPISettings:
-    """Settings for ``mastery serve agent``: the primary backend, an optional fallback, the default tools."""
+    """Settings for ``mastery agent serve``: the primary backend, an optional fallback, the default tools."""
     backends = [BackendSpec("primary", primary_url, primary_model, timeout_s=llm_timeout_s)]
     if fallback_url:
         backends.append(BackendSpec("fallback", fallback_url, fallback_model or primary_model, timeout_s=llm_timeout_s))

@@ -1,4 +1,4 @@
-"""``mastery serve ...``: train and save the Titanic model, serve it over HTTP; serve the agent API.
+"""``mastery predict train|serve`` (the Titanic model over HTTP) and ``mastery agent serve`` (the agent API).
 
 :func:`register` only builds parsers; FastAPI, uvicorn, skops and scikit-learn load when a command runs.
 """
@@ -31,13 +31,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mastery.serving.titanic_model import save_titanic, train_titanic
 
     trained = train_titanic(seed=args.seed, folds=args.folds)
-    meta = save_titanic(trained, Path(args.out))
+    meta = save_titanic(trained, Path(args.artifact))
     _out(f"{meta['name']} version {meta['version']}: CV F1 {meta['training']['cv_f1']:.3f}, ROC-AUC "
-         f"{meta['training']['cv_roc_auc']:.3f} -> {args.out} (+ {sidecar_path(args.out).name})")
+         f"{meta['training']['cv_roc_auc']:.3f} -> {args.artifact} (+ {sidecar_path(args.artifact).name})")
     if args.track:
         uri = args.tracking_uri or _default_tracking_uri()
-        run_id = log_to_mlflow(Path(args.out), uri)
-        _out(f"logged to MLflow run {run_id} ({uri}); serve it with: mastery serve predict --artifact runs:/{run_id}")
+        run_id = log_to_mlflow(Path(args.artifact), uri)
+        _out(f"logged to MLflow run {run_id} ({uri}); serve it with: mastery predict serve --artifact runs:/{run_id}")
     return 0
 
 
@@ -91,15 +91,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
     log = logging.getLogger(__name__)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding to %s: the API has no authentication", args.host)
-    llm = load_settings(base_url=args.llm_url, model=args.model)
+    llm = load_settings(backend=args.backend, base_url=args.llm_url, model=args.model, threads=args.threads,
+                        ctx=args.ctx)
     primary_url = llm.url
     if llm.backend == "embedded" and not llm.base_url and not server_healthy(primary_url):
         raise MasteryError(f"no LLM server at {primary_url}: start one with 'mastery llm serve' (or pass --llm-url)")
     model = embedded_alias(llm) if llm.backend == "embedded" else llm.model_name
     settings = default_settings(args.db, primary_url, model, fallback_url=args.fallback_url,
                                 fallback_model=args.fallback_model, prices=load_price_table(args.price_table),
-                                llm_timeout_s=args.llm_timeout, workers=args.workers, queue_limit=args.queue,
-                                agent_mode=args.agent_mode)
+                                llm_timeout_s=args.timeout if args.timeout is not None else 60.0,
+                                workers=args.workers, queue_limit=args.queue, agent_mode=args.mode)
     app = create_app(settings)
     log.info("agent API: primary %s (%s), fallback %s, runs in %s", primary_url, model, args.fallback_url or "none",
              args.db)
@@ -111,18 +112,23 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
-    serve = subparsers.add_parser("serve", help="serve a trained model over HTTP (FastAPI + uvicorn)")
-    sub = serve.add_subparsers(dest="action", required=True, parser_class=parser_class)
+def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=port, help="port (default %(default)s)")
 
-    p = sub.add_parser("predict", help="serve POST /predict for a saved Titanic model (docs at /docs)")
+
+def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    """``mastery predict train|serve``; ``mastery agent serve`` is added by :func:`add_agent_serve`."""
+    predict = subparsers.add_parser("predict", help="the Titanic prediction API: train a model, serve POST /predict")
+    sub = predict.add_subparsers(dest="action", required=True, parser_class=parser_class)
+
+    p = sub.add_parser("serve", help="serve POST /predict for a trained Titanic model (docs at /docs)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a trained model's registry name, NAME or NAME@VERSION (e.g. titanic-logreg; "
                                        "see 'mastery models list')")
     which.add_argument("--artifact", help="a .skops file with its .skops.json sidecar, or runs:/<run id> of an "
                                           "MLflow run that logged one")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    _add_server_options(p, 8000)
     p.add_argument("--sha256", default=None, help="refuse to serve unless the file's sha256 starts with this "
                                                   "(e.g. the 12-digit version)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ (default sqlite:///runs/mlflow.db)")
@@ -130,29 +136,30 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
                    help="requests scored at once (default 1: scoring holds the GIL, more threads only contend)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("agent", help="serve the ReAct agent: POST /runs, GET /runs/{id}, SSE at /runs/{id}/events")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8010)
-    p.add_argument("--db", default="runs/agent-api.db", help="SQLite file holding every run (default %(default)s)")
-    p.add_argument("--llm-url", default=None, help="primary OpenAI-compatible URL (default: MASTERY_LLM_* settings, "
-                                                   "i.e. 'mastery llm serve' on 127.0.0.1:8765)")
-    p.add_argument("--model", default=None, help="primary model name (default: the configured one)")
-    p.add_argument("--fallback-url", default=None, help="a second OpenAI-compatible URL used when the primary fails")
-    p.add_argument("--fallback-model", default=None, help="the fallback's model name (default: the primary's)")
-    p.add_argument("--price-table", default=None, help="JSON/TOML prices per 1M tokens (default: "
-                                                       "MASTERY_PRICE_TABLE, else every model costs 0)")
-    p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per LLM call before it is retried")
-    p.add_argument("--workers", type=int, default=2, choices=range(1, 65), metavar="N", help="runs at once")
-    p.add_argument("--agent-mode", choices=("text", "native", "auto"), default="text",
-                   help="text ReAct (default; best on small local models) or OpenAI function calling")
-    p.add_argument("--queue", type=int, default=16, choices=range(0, 1001), metavar="N",
-                   help="runs waiting for a worker before POST /runs answers 429")
-    p.set_defaults(func=cmd_agent)
-
-    p = sub.add_parser("train-titanic", help="train the Titanic pipeline and save it as a skops artifact")
-    p.add_argument("--out", required=True, help="file to write, e.g. models/titanic.skops (sidecar: +.json)")
+    p = sub.add_parser("train", help="train the Titanic pipeline and save it as a skops artifact")
+    p.add_argument("--artifact", required=True, help="file to write, e.g. models/titanic.skops (sidecar: +.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for the recorded metrics")
     p.add_argument("--track", action="store_true", help="also log the artifact to an MLflow run")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///runs/mlflow.db)")
     p.set_defaults(func=cmd_train)
+
+
+def add_agent_serve(sub: Any) -> None:
+    """``mastery agent serve``: the agent API (the ``agent`` noun lives in :mod:`mastery.agents.cli`)."""
+    from mastery.llm.cli import _add_llm_options
+
+    p = sub.add_parser("serve", help="serve the ReAct agent: POST /runs, GET /runs/{id}, SSE at /runs/{id}/events")
+    _add_server_options(p, 8010)
+    p.add_argument("--db", default="runs/agent-api.db", help="SQLite file holding every run (default %(default)s)")
+    _add_llm_options(p)
+    p.add_argument("--fallback-url", default=None, help="a second OpenAI-compatible URL used when the primary fails")
+    p.add_argument("--fallback-model", default=None, help="the fallback's model name (default: the primary's)")
+    p.add_argument("--price-table", default=None, help="JSON/TOML prices per 1M tokens (default: "
+                                                       "MASTERY_PRICE_TABLE, else every model costs 0)")
+    p.add_argument("--workers", type=int, default=2, choices=range(1, 65), metavar="N", help="runs at once")
+    p.add_argument("--mode", choices=("text", "native", "auto"), default="text",
+                   help="text ReAct (default; best on small local models) or OpenAI function calling")
+    p.add_argument("--queue", type=int, default=16, choices=range(0, 1001), metavar="N",
+                   help="runs waiting for a worker before POST /runs answers 429")
+    p.set_defaults(func=cmd_agent)

@@ -90,7 +90,7 @@ class ServerThread:
 
 
 class ServerProcess:
-    """``mastery serve predict --artifact PATH`` in a child process on 127.0.0.1; its stderr (JSON log lines)
+    """``mastery predict serve --artifact PATH`` in a child process on 127.0.0.1; its stderr (JSON log lines)
     goes to ``log_path``. Ready once ``GET /health`` answers 200."""
 
     def __init__(self, model: str | Path, log_path: str | Path, port: int | None = None, host: str = LOCALHOST,
@@ -112,7 +112,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         from mastery.core.services import wait_until_healthy
 
-        cmd = [sys.executable, "-m", "mastery.cli", "serve", "predict", "--artifact", str(self.model),
+        cmd = [sys.executable, "-m", "mastery.cli", "predict", "serve", "--artifact", str(self.model),
                "--host", self.host, "--port", str(self.port), *self.extra_args]
         # One BLAS/OpenMP thread: a one-row logistic regression gains nothing from more, and idle spinning
         # threads would steal the cores the client and other jobs need.

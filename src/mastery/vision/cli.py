@@ -20,7 +20,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(
         f"webcam{args.source}.detections.mp4" if args.source.isdigit() else f"{Path(args.source).stem}.detections.mp4")
-    stats = detect_video(Path(args.weights), args.source, out, imgsz=args.imgsz, conf=args.conf, device=args.device,
+    stats = detect_video(Path(args.artifact), args.source, out, imgsz=args.imgsz, conf=args.conf, device=args.device,
                          max_frames=args.max_frames)
     _out(f"{stats['frames']} frames, {stats['boxes']} boxes, {stats['fps']:.1f} frames/s -> {out}")
     return 0
@@ -53,7 +53,7 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     sub = vision.add_subparsers(dest="action", required=True, parser_class=parser_class)
 
     p = sub.add_parser("detect", help="run a trained YOLO model on a video file or webcam; write an annotated mp4")
-    p.add_argument("--weights", required=True, help="a .pt file trained with ultralytics (it is unpickled: "
+    p.add_argument("--artifact", required=True, help="a .pt file trained with ultralytics (it is unpickled: "
                                                      "use only weights you trust)")
     p.add_argument("--source", required=True, help="a video file, or a webcam index such as 0")
     p.add_argument("--out", default=None, help="annotated video (default: <source>.detections.mp4 here)")
