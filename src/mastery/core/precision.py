@@ -154,3 +154,12 @@ def decide_bf16(choice: str, device: Any, *, allow_emulated: bool = True,
         return Precision(False, f"bf16 autocast off despite bf16=on: {why}, and this model has no emulated "
                                 "bf16 kernel (oneDNN's LSTM fails)", choice)
     return Precision(False, f"bf16 autocast off: {why}", choice)
+
+
+def bf16_on_reload(trained_with_bf16: bool, device: Any = "cpu") -> bool:
+    """Whether a model rebuilt from the registry should autocast to bf16 on ``device``.
+
+    A model trained with bf16 autocast keeps it only where the device runs bf16 natively (then its outputs
+    match the training machine's); elsewhere bf16 is emulated and many times slower, so it runs float32.
+    """
+    return trained_with_bf16 and decide_bf16("auto", device).bf16

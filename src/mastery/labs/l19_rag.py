@@ -13,6 +13,7 @@ from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
 from mastery.eval.rag_tasks import source_matches
+from mastery.llm.settings import QUALITY_MODEL
 
 # registered assets the tiny preset reads
 REQUIRES: tuple[str, ...] = ("all-minilm-l6-v2", "qwen2.5-coder-0.5b-instruct-q4_k_m")
@@ -34,6 +35,9 @@ class Config:
     min_support: float = 0.6  # share of the answer's content words its cited source must contain
     min_score: float | None = None  # optional retrieval gate: decline when the best chunk is below this cosine
     threads: int | None = None  # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    # the LLM: a registry GGUF for the embedded backend (None: the configured one, MASTERY_LLM_MODEL). Full
+    # presets judge answer quality, which the 0.5B model fails where the 1.5B passes.
+    llm_model: str | None = None
     device: Device = "auto"  # where MiniLM embeds; llama.cpp offloads to a GPU by itself when it has one
     min_citation_rate: float = 0.7
     min_correct_source_rate: float = 0.6
@@ -55,7 +59,7 @@ HEADLINE = ("citation_rate", "correct_source_rate", "refusal_rate")
 PRESETS = {
     "tiny": Config(corpus="generated", chunk_size=400, chunk_overlap=0, max_tokens=40, min_citation_rate=0.5,
                    min_correct_source_rate=0.5, min_refusal_rate=1.0),
-    "full": Config(),
+    "full": Config(llm_model=QUALITY_MODEL),
 }
 
 
@@ -94,7 +98,7 @@ def run(config: Config, progress: Progress) -> Report:
     with tempfile.TemporaryDirectory(prefix="mastery-l19-") as tmp:
         kb, questions, kb_stats = _build_kb(config, Path(tmp), progress)
         rows = []
-        with open_client(load_settings(threads=config.threads)) as llm:
+        with open_client(load_settings(threads=config.threads, model=config.llm_model)) as llm:
             report.device = f"LLM: {llm.device}; embeddings: {kb.embedder.device or config.device}"
             if llm.server is not None:
                 report.timing("llm_server_load_seconds", llm.server.load_seconds)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from mastery.core.progress import Progress
 from mastery.core.report import Report
+from mastery.llm.settings import QUALITY_MODEL
 
 REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
 
@@ -23,6 +24,9 @@ class Config:
     max_tokens: int = 200
     python_timeout_s: float = 10.0
     threads: int | None = None  # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    # the LLM: a registry GGUF for the embedded backend (None: the configured one, MASTERY_LLM_MODEL). Full
+    # presets judge answer quality, which the 0.5B model fails where the 1.5B passes.
+    llm_model: str | None = None
     min_success_rate: float = 0.6  # for the first mode
     traces_in_notes: int = 3  # runs rendered in full in the notes (all steps are in the traces table)
     seed: int = 0
@@ -44,7 +48,7 @@ HEADLINE = ("success_rate", "mean_steps", "json_fallback")
 
 PRESETS = {
     "tiny": Config(backend="replay", question_set="tiny", modes=("text",), min_success_rate=1.0, traces_in_notes=1),
-    "full": Config(),
+    "full": Config(llm_model=QUALITY_MODEL),
 }
 
 
@@ -89,7 +93,7 @@ def run(config: Config, progress: Progress) -> Report:
             from mastery.llm.client import open_client
             from mastery.llm.settings import load_settings
 
-            llm = stack.enter_context(open_client(load_settings(threads=config.threads)))
+            llm = stack.enter_context(open_client(load_settings(threads=config.threads, model=config.llm_model)))
             if llm.server is not None:
                 report.timing("llm_server_load_seconds", llm.server.load_seconds)
         report.device = (f"LLM: {llm.device}; python tool: subprocess sandbox"

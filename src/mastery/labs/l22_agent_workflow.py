@@ -16,6 +16,7 @@ from typing import Any, Literal
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
+from mastery.llm.settings import QUALITY_MODEL
 
 HEADLINE = ("intent_accuracy", "fallback_accuracy", "retrieval_hit_rate", "draft_key_fact_rate",
             "draft_cites_gold_policy_rate", "accuracy_when_agree")
@@ -34,6 +35,9 @@ class Config:
     classify_max_tokens: int = 24
     draft_max_tokens: int = 140
     threads: int | None = None  # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    # the LLM: a registry GGUF for the embedded backend (None: the configured one, MASTERY_LLM_MODEL). Full
+    # presets judge answer quality, which the 0.5B model fails where the 1.5B passes.
+    llm_model: str | None = None
     device: Device = "auto"  # where MiniLM embeds
     min_intent_accuracy: float = 0.7
     min_retrieval_hit_rate: float = 0.8
@@ -49,7 +53,7 @@ class Config:
 
 PRESETS = {
     "tiny": Config(llm="scripted", examples="tiny", retrieval="bm25", device="cpu"),
-    "full": Config(),
+    "full": Config(llm_model=QUALITY_MODEL),
 }
 
 
@@ -64,7 +68,7 @@ def _open_llm(config: Config):
     from mastery.llm.client import open_client
     from mastery.llm.settings import load_settings
 
-    with open_client(load_settings(threads=config.threads)) as llm:
+    with open_client(load_settings(threads=config.threads, model=config.llm_model)) as llm:
         yield llm
 
 

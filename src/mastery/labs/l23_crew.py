@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from mastery.core.progress import Progress
 from mastery.core.report import Report
+from mastery.llm.settings import QUALITY_MODEL
 
 FULL_TOPICS = (
     "How do attackers use scheduled tasks for persistence, and how is it detected?",
@@ -39,6 +40,9 @@ class Config:
     scripted_verdicts: tuple[str, ...] = ("REVISE", "APPROVE")  # the fake critic's verdicts, per topic
     fault_injection: bool = True  # also run one crew on a model that answers garbage: it must end cleanly
     threads: int | None = None  # llama.cpp threads when the lab starts its own server
+    # the LLM: a registry GGUF for the embedded backend (None: the configured one, MASTERY_LLM_MODEL). Full
+    # presets judge answer quality, which the 0.5B model fails where the 1.5B passes.
+    llm_model: str | None = None
     min_completion_rate: float = 0.8  # runs that end with a usable report
     min_citation_rate: float = 0.6  # final reports citing at least one retrieved source
     seed: int = 0
@@ -60,7 +64,7 @@ HEADLINE = ("citation_rate", "clean_report_rate", "mean_revision_rounds")
 
 PRESETS = {
     "tiny": Config(llm="scripted", topics=TINY_TOPICS, dense=False, min_completion_rate=1.0, min_citation_rate=1.0),
-    "full": Config(),
+    "full": Config(llm_model=QUALITY_MODEL),
 }
 
 
@@ -87,7 +91,7 @@ def run(config: Config, progress: Progress) -> Report:
         from mastery.llm.client import open_client
         from mastery.llm.settings import load_settings
 
-        with open_client(load_settings(threads=config.threads)) as llm:
+        with open_client(load_settings(threads=config.threads, model=config.llm_model)) as llm:
             report.device = f"LLM: {llm.device} ({llm.model}); search: {'BM25 + MiniLM' if config.dense else 'BM25'}" \
                             " over ATT&CK on CPU"
             if llm.server is not None:

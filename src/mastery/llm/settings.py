@@ -25,6 +25,9 @@ from mastery.core.errors import ConfigError
 from mastery.core.settings import BACKENDS, DEFAULT_LLM_CTX, DEFAULT_LLM_TIMEOUT_S, Settings, get_settings
 
 EMBEDDED_MODEL = "qwen2.5-coder-0.5b-instruct-q4_k_m"  # registry name; also the alias the server answers to
+# The full presets that judge answer quality (RAG, agents) run on the 1.5B: the 0.5B fails checks it passes
+# (L19 correct source, L22 intent, L23 clean reports), at about 3x the time per token.
+QUALITY_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 EMBEDDED_PORT = 8765  # where `mastery llm serve` listens unless told otherwise
 OLLAMA_URL = "http://127.0.0.1:11434/v1"
 OLLAMA_MODEL = "llama3"

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mastery.assets.store import sha256_file  # one streaming digest for assets and trained models
 from mastery.core.errors import ModelIntegrityError, RegistryError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ _REQUIRED_SUFFIX = {"torch": ".safetensors", "hf": ".safetensors", "skops": ".sk
 # Formats that unpickle (and so run code) when loaded: refused whatever the kind.
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, order=True)
@@ -93,14 +93,6 @@ def _check_name(name: str) -> None:
     if not _NAME.match(name):
         raise RegistryError(f"model name {name!r}: use lower-case letters, digits, '.', '_' or '-' "
                             "(no '@', at most 100 characters)")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def files_digest(files: Mapping[str, Mapping[str, Any]]) -> str:

@@ -190,11 +190,8 @@ def build_from_manifest(arch: dict) -> CifarCNN:
     if arch.get("class") != "CifarCNN":
         raise ValueError(f"mastery.vision.cnn cannot build {arch.get('class')!r}; known: CifarCNN")
     kwargs = dict(arch.get("kwargs", {}))
-    if kwargs.get("bf16"):
-        from mastery.core.precision import decide_bf16
+    from mastery.core.precision import bf16_on_reload
 
-        # Trained with bf16 autocast: keep it only where this CPU runs bf16 natively (then the outputs match
-        # the training machine's); elsewhere it is emulated and many times slower, so run float32. A caller
-        # that moves the model to a GPU may set ``model.bf16 = decide_bf16("auto", device).bf16`` itself.
-        kwargs["bf16"] = decide_bf16("auto", "cpu").bf16
+    # A caller that moves the model to a GPU may set ``model.bf16 = bf16_on_reload(True, device)`` itself.
+    kwargs["bf16"] = bf16_on_reload(bool(kwargs.get("bf16")))
     return CifarCNN(**kwargs)
