@@ -91,11 +91,14 @@ class _Retriever:
 
 
 def test_ask_streams_checks_and_gates():
-    llm = ScriptedChat(["The Zephyr-9 keeps nightly snapshots for 42 days [1]."])
+    # the best hit (HITS[0]) is listed last, next to the question, as [2]: the model cites it by that number
+    llm = ScriptedChat(["The Zephyr-9 keeps nightly snapshots for 42 days [2]."])
     streamed: list[str] = []
     answer = ask(llm, _Retriever(), "How long?", k=2, on_text=streamed.append, max_tokens=64)
-    assert "".join(streamed) == "The Zephyr-9 keeps nightly snapshots for 42 days [1]." and len(streamed) == 9
-    assert answer.pieces == 9 and answer.cited == [1] and len(answer.hits) == 2
+    assert "".join(streamed) == "The Zephyr-9 keeps nightly snapshots for 42 days [2]." and len(streamed) == 9
+    assert answer.pieces == 9 and answer.cited == [2] and answer.hits == [HITS[1], HITS[0]]
+    prompt = llm.calls[0]["messages"][-1]["content"]
+    assert prompt.index("[1]") < prompt.index("[2]") < prompt.index("42 days") < prompt.index("Question:")
     assert answer.completion is not None and answer.completion.stream and answer.completion.completion_tokens > 0
     asked = llm.calls[0]
     assert (asked["max_tokens"], asked["temperature"], asked["seed"]) == (64, 0.0, 0)
@@ -129,8 +132,8 @@ def test_rag_ask_cli_answers_from_a_pdf_with_citations(llm_server, zephyr_kb, ca
                  "--kb-dir", str(zephyr_kb), "--llm-url", llm_server.url, "--max-tokens", "40", "--device", "cpu"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "42" in out.out and "Sources: [1] zephyr-handbook.pdf p.1" in out.out
-    assert "[1] zephyr-handbook.pdf p.1  (fused score" in out.out and "completion tokens" in out.err
+    assert "42" in out.out and "Sources: [3] zephyr-handbook.pdf p.1" in out.out
+    assert "[3] zephyr-handbook.pdf p.1  (fused score" in out.out and "completion tokens" in out.err
 
 
 @needs_llm

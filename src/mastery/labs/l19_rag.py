@@ -40,7 +40,7 @@ class Config:
     llm_model: str | None = None
     device: Device = "auto"  # where MiniLM embeds; llama.cpp offloads to a GPU by itself when it has one
     min_citation_rate: float = 0.7
-    min_correct_source_rate: float = 0.6
+    min_correct_source_rate: float = 0.8
     min_refusal_rate: float = 0.6
     seed: int = 0
 
@@ -180,7 +180,7 @@ def _report(report: Report, config: Config, rows: list[dict[str, Any]], kb_stats
         "cited (checked)": ", ".join(r["answer"].citations) or "-",
         "declined": r["answer"].decline_reason or "-",
         "correct source": "yes" if r["correct_source"] else ("-" if not r["answerable"] else "no"),
-        "top hit": f"{r['answer'].hits[0].citation()} ({r['answer'].hits[0].score:.2f})" if r["answer"].hits else "-",
+        "top hit": f"{r['answer'].hits[-1].citation()} ({r['answer'].hits[-1].score:.2f})" if r["answer"].hits else "-",
     } for r in rows])
     report.figure("rag_quality_and_latency", _figure(report, rows))
     _notes(report, config, rows, kb_stats)
