@@ -1,5 +1,5 @@
 """L19 · RAG implementation: chat with docs. Top-3 chunks from the knowledge base, a numbered-context prompt,
-a streamed answer from the local LLM (llama.cpp, Qwen2.5-Coder-0.5B), and citations checked in code."""
+a streamed answer from the local LLM (llama.cpp, Qwen2.5-Coder), and citations checked in code."""
 
 from __future__ import annotations
 
@@ -256,5 +256,5 @@ def _notes(report: Report, config: Config, rows: list[dict[str, Any]], kb_stats:
             f"{len(misses)} answerable question(s) did not end with the right source cited: "
             + "; ".join(f"\"{r['answer'].question}\" ({'retrieved' if r['retrieved'] else 'not retrieved'} in "
                         f"the top {config.k}; {r['answer'].decline_reason or 'answered'})" for r in misses)
-            + ". When the right chunk is not retrieved the LLM cannot help; when it is, the 0.5B model sometimes "
+            + ". When the right chunk is not retrieved the LLM cannot help; when it is, the model sometimes "
               "answers from the wrong passage or declines.")

@@ -1,5 +1,5 @@
 """L21 · A ReAct agent from scratch: Thought / Action / Observation with a calculator, ATT&CK search and a sandboxed
-Python tool, driven by the local 0.5B LLM; text ReAct vs native function calling on labelled multi-step questions."""
+Python tool, driven by the local LLM; text ReAct vs native function calling on labelled multi-step questions."""
 
 from __future__ import annotations
 
@@ -199,8 +199,8 @@ def _notes(report: Report, config: Config, runs: list[dict[str, Any]], summaries
     if "native" in summaries:
         n = summaries["native"]
         report.note(f"Native function calling: llama.cpp parsed {n['native_calls']:.0f} native tool_calls from "
-                    f"Qwen2.5-Coder-0.5B; {n['json_fallback']:.0f} calls came as JSON in the content and were found "
-                    "by the fallback parser. With `tools=` in the prompt this 0.5B model tends to call a tool on every "
+                    f"the model; {n['json_fallback']:.0f} calls came as JSON in the content and were found "
+                    "by the fallback parser. With `tools=` in the prompt a small model tends to call a tool on every "
                     "turn, even to re-compute a result it already holds; the loop breaker catches that and asks once "
                     "more without tools.")
     for mode in config.modes:
@@ -211,7 +211,8 @@ def _notes(report: Report, config: Config, runs: list[dict[str, Any]], summaries
                 + (f", answered {_short(r['result'].answer, 30)!r} for {r['expected']}" if r["result"].answer
                    else "") + ")" for r in wrong) + ".")
     if config.question_set == "full":
-        report.note("Reading the failures (as observed with Qwen2.5-Coder-0.5B at temperature 0): the model plans "
+        report.note("Typical failures (first observed with Qwen2.5-Coder-0.5B at temperature 0; this run's are listed "
+                    "above): the model plans "
                     "one step well and chains two calculator steps when the "
                     "question says 'then', but after a kb_search it answers with the ID instead of doing the "
                     "arithmetic that follows; it writes multi-line Python on one line (a SyntaxError it repeats until "

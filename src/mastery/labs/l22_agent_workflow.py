@@ -27,7 +27,7 @@ REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
 
 @dataclass(frozen=True)
 class Config:
-    # "embedded": the local Qwen2.5-Coder-0.5B via llama.cpp; "scripted": a fake (tiny)
+    # "embedded": the local LLM via llama.cpp (llm_model); "scripted": a fake (tiny)
     llm: Literal["embedded", "scripted"] = "embedded"
     examples: Literal["all", "tiny"] = "all"  # "all": the ~40 labelled messages; "tiny": one per graph path
     # "hybrid": BM25 + MiniLM fused by rank (and the fallback's embedding stage); "bm25"
@@ -342,7 +342,7 @@ def _notes(report: Report, config: Config, rows: list[dict[str, Any]]) -> None:
     mt = report.metrics
     llm = ("a scripted fake model (each message takes a different path: good JSON, prose then JSON, invented "
            "intents, an unusable draft, an escalation)" if config.llm == "scripted"
-           else "the embedded Qwen2.5-Coder-0.5B-Instruct (Q4_K_M, llama.cpp) at temperature 0")
+           else f"the local LLM ({config.llm_model or 'the configured model'}, llama.cpp) at temperature 0")
     report.note(
         f"{len(rows)} labelled customer messages ({sum(r['ambiguous'] for r in rows)} ambiguous, "
         f"{sum(r['gold'] == 'other' for r in rows)} that no policy covers) went through the LangGraph router with "
@@ -377,7 +377,7 @@ def _notes(report: Report, config: Config, rows: list[dict[str, Any]]) -> None:
         f"Drafts: {mt['draft_llm_rate']:.0%} used as the model wrote them, {mt['draft_citation_added_rate']:.0%} "
         f"needed the policy reference appended, {mt['draft_template_rate']:.0%} fell back to the template (empty, "
         "cut off, code, an echo of the prompt, or a loop). Only the model's first body paragraph is kept: after it, "
-        f"the 0.5B model tends to paste the rest of the policy. {mt['draft_key_fact_rate']:.0%} of drafts state at "
+        f"a small model tends to paste the rest of the policy. {mt['draft_key_fact_rate']:.0%} of drafts state at "
         "least one concrete rule of their policy as written ('30 days', 'Account > Billing'); "
         f"{mt['draft_cites_gold_policy_rate']:.0%} cite the policy the message needed (a wrong intent drafts from "
         "the wrong policy). Stating a rule is not answering the question well: the model often quotes a rule "

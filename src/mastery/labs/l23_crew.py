@@ -1,4 +1,4 @@
-"""L23 · Multi-agent systems: a research crew. CrewAI agents on the local LLM (Qwen2.5-Coder-0.5B via llama.cpp):
+"""L23 · Multi-agent systems: a research crew. CrewAI agents on the local LLM (Qwen2.5-Coder via llama.cpp):
 a researcher searches the offline ATT&CK knowledge base, a summariser writes a cited report, a critic approves
 it or edits it, for at most ``rounds`` reviews, under a manager that bounds every step."""
 
@@ -220,7 +220,7 @@ def _notes(report: Report, config: Config, results: list[Any], source: str) -> N
     m = report.metrics
     report.note(f"Topics T1..T{len(results)} in table order. Search: {source or 'n/a'}. Each agent turn is a one-task "
                 "CrewAI crew; the manager is code (an explicit flow), because CrewAI's hierarchical manager needs the "
-                "model to call 'Delegate work to coworker' correctly and the 0.5B model did not (see "
+                "model to call 'Delegate work to coworker' correctly and Qwen2.5-Coder-0.5B did not (see "
                 "docs/research_crew.md).")
     report.note(f"{m['runs_completed']:.0f}/{m['n_topics']:.0f} runs ended with a report; the critic approved "
                 f"{m['approval_rate']:.0%} of them (after one review: {m['one_round_approval_rate']:.0%}), with "
@@ -230,7 +230,7 @@ def _notes(report: Report, config: Config, results: list[Any], source: str) -> N
                 "IDs were cited that no search returned.")
     report.note(f"The manager's own checks (a retrieved source cited, no unknown IDs, no prompt echo, not pasted "
                 f"from the sources) overruled {m['manager_overrides']:.0f} critic approval(s); "
-                f"{m['clean_report_rate']:.0%} of final reports pass them. A 0.5B critic approves almost anything, "
+                f"{m['clean_report_rate']:.0%} of final reports pass them. A small critic model approves easily, "
                 "so the approval rate alone says little; the overrides are where revision rounds get used.")
     report.note(f"The model's own kb_search call succeeded in {m['model_search_rate']:.0%} of runs; "
                 f"{m['fallback_searches']:.0f} run(s) needed the manager's fallback search. The adapter repaired "
@@ -241,5 +241,5 @@ def _notes(report: Report, config: Config, results: list[Any], source: str) -> N
         report.note("This preset runs the real CrewAI machinery against a scripted fake LLM (deterministic): it "
                     "tests the plumbing, bounds and failure handling, not the quality of a model.")
     else:
-        report.note("An approving critic is not a correct report: the 0.5B critic approves quickly and rarely "
+        report.note("An approving critic is not a correct report: a small critic model approves quickly and rarely "
                     "checks claims against the sources, so read the reports below before trusting the rates.")
