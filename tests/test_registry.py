@@ -229,6 +229,21 @@ def test_cli_lists_shelf_and_trained_models_and_shows_a_manifest(reg, capsys):
     assert "no trained model named 'nothing-here'" in capsys.readouterr().err
 
 
+def test_cli_verify_rehashes_trained_models_and_names_a_tampered_file(reg, monkeypatch, capsys):
+    from mastery.cli import main
+
+    monkeypatch.setenv("MASTERY_MODEL_STORE", str(reg.root))
+    _save_mlp(reg)
+    assert main(["models", "verify", "toy-mlp"]) == 0
+    assert "ok       toy-mlp@1 (trained" in capsys.readouterr().out
+    weights = reg.root / "toy-mlp" / "1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert main(["models", "verify", "toy-mlp@1"]) == 2
+    assert "FAILED   toy-mlp@1: toy-mlp@1: file model.safetensors has sha256" in capsys.readouterr().out
+
+
 # -- serving by registry name ----------------------------------------------------------------------
 def test_the_prediction_api_serves_a_registered_model_by_name(tmp_path, monkeypatch, capsys):
     from fastapi.testclient import TestClient

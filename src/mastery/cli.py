@@ -287,14 +287,23 @@ def cmd_assets_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_assets_verify(args: argparse.Namespace) -> int:
-    from mastery.assets.catalog import assets_of_kind
+    from mastery.assets.catalog import ASSETS, assets_of_kind
     from mastery.assets.store import verify
 
-    if args.name:
+    trained: list[str] = []
+    if args.kind == "model":
+        from mastery.ops.registry import open_registry
+
+        registry = open_registry()
+        if args.name and args.name not in ASSETS:  # a trained model, NAME or NAME@VERSION
+            trained = [str(registry.resolve(args.name))]
+        elif not args.name:
+            trained = [f"{name}@{v}" for name in registry.names() for v in registry.versions(name)]
+    if args.name and not trained:
         _check_kind(args.name, args.kind)
         names = [args.name]
     else:
-        names = [a.name for a in assets_of_kind(args.kind) if a.kind != "generated"]
+        names = [] if args.name else [a.name for a in assets_of_kind(args.kind) if a.kind != "generated"]
     bad = 0
     for name in names:
         try:
@@ -306,6 +315,13 @@ def cmd_assets_verify(args: argparse.Namespace) -> int:
                 continue
             bad += 1
             _out(f"FAILED   {name}: {exc}")
+    for ref in trained:  # every file's sha256 and the training data's digests, as loading checks them
+        try:
+            loaded = registry.load(ref)
+            _out(f"ok       {ref} (trained, {loaded.path})")
+        except MasteryError as exc:
+            bad += 1
+            _out(f"FAILED   {ref}: {exc}")
     return 2 if bad else 0
 
 
@@ -331,7 +347,7 @@ def _add_asset_commands(sub: argparse._SubParsersAction, kind: str, help_text: s
     p.add_argument("name")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_assets_pull)
-    p = inner.add_parser("verify", help="re-hash assets and compare with the registry")
+    p = inner.add_parser("verify", help="re-hash assets (and trained models) and compare with the registry")
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_assets_verify)
 
