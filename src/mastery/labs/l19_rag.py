@@ -99,7 +99,7 @@ def run(config: Config, progress: Progress) -> Report:
         kb, questions, kb_stats = _build_kb(config, Path(tmp), progress)
         rows = []
         with open_client(load_settings(threads=config.threads, model=config.llm_model)) as llm:
-            report.device = f"LLM: {llm.device}; embeddings: {kb.embedder.device or config.device}"
+            report.device = f"LLM: {llm.model} via {llm.device}; embeddings: {kb.embedder.device or config.device}"
             if llm.server is not None:
                 report.timing("llm_server_load_seconds", llm.server.load_seconds)
             progress.stage("questions", len(questions))

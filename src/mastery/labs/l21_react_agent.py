@@ -96,7 +96,7 @@ def run(config: Config, progress: Progress) -> Report:
             llm = stack.enter_context(open_client(load_settings(threads=config.threads, model=config.llm_model)))
             if llm.server is not None:
                 report.timing("llm_server_load_seconds", llm.server.load_seconds)
-        report.device = (f"LLM: {llm.device}; python tool: subprocess sandbox"
+        report.device = (f"LLM: {llm.model} via {llm.device}; python tool: subprocess sandbox"
                          f"{' + private network namespace' if network_namespace_available() else ''}")
         progress.stage("questions", len(questions) * len(config.modes))
         for mode in config.modes:

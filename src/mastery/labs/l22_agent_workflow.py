@@ -88,7 +88,8 @@ def run(config: Config, progress: Progress) -> Report:
                            retrieval=config.retrieval, device=device, seed=config.seed)
     with tempfile.TemporaryDirectory(prefix="l22-") as tmp, _open_llm(config) as llm:
         db, outbox = Path(tmp) / "support.sqlite", Path(tmp) / "support.outbox.jsonl"
-        report.device = f"LLM: {llm.device}; MiniLM: {device if config.retrieval == 'hybrid' else 'not used'}"
+        minilm = device if config.retrieval == "hybrid" else "not used"
+        report.device = f"LLM: {llm.model} via {llm.device}; MiniLM: {minilm}"
         if getattr(llm, "server", None) is not None:
             report.timing("llm_server_load_seconds", llm.server.load_seconds)
         deps = SupportDeps(llm=llm, settings=settings, outbox=outbox)
