@@ -208,8 +208,10 @@ def _register(report: Report, config: Config, setup: dict[str, Any]) -> None:
         config={"lab": "l20", "lab_config": report.config, "head": config.ce_head, "max_length": config.ce_max_length,
                 "base_model": "all-minilm-l6-v2",
                 "load": "mastery.retrieval.rerank.load_cross_encoder(path, device, max_length)"},
+        # with the hybrid baseline and the question count: searches use the model only when its gain over
+        # hybrid is beyond noise (mastery.retrieval.rerank.measured_gain)
         metrics={k: v for k, v in report.metrics.items() if k.endswith(("_hybrid_rerank", "_hybrid_rerank_ce"))
-                 or k == "rerank_gain_recall_at_3_vs_vector"},
+                 or k in ("rerank_gain_recall_at_3_vs_vector", "recall_at_3_hybrid", "n_eval_questions")},
         data_assets=["attack_stix", "all-minilm-l6-v2"], probe=setup["ce_probe"],
         description="L20 ATT&CK passage cross-encoder (MiniLM fine-tuned on hard negatives)")
     note_registered(report, ref)

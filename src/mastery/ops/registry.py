@@ -85,6 +85,10 @@ class LoadedModel:
         return self.manifest.get("config", {})
 
     @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics", {})
+
+    @property
     def kind(self) -> str:
         return str(self.manifest["kind"])
 
