@@ -6,7 +6,12 @@ BIN    := $(VENV)/bin
 EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag,serve,agents
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: install demo test test-slow lint bench lock clean
+.PHONY: install system demo test test-slow lint bench lock clean
+
+# Debian packages features need at run time (bubblewrap: the python tool's OS sandbox). Installed by
+# `make system` (root or sudo); `.ci/run` calls it so a clean machine gets them the same way.
+SYSTEM_PACKAGES ?= bubblewrap
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 install: $(STAMP)
+
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "Debian packages present: $(SYSTEM_PACKAGES)"; fi
 
 demo: install
 	$(BIN)/mastery labs demo
