@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     chroma_url: str | None = Field(default=None, description="a `chroma run` server; wins over MASTERY_KB_DIR")
     crewai_dir: Path | None = Field(default=None, description="CrewAI storage folder (default <tmp>/mastery-crewai)")
     price_table: Path | None = Field(default=None, description="LLM price table file, JSON or TOML (default: all 0)")
+    api_keys_file: Path | None = Field(default=None, description="hashed API keys of the HTTP services "
+                                       "(default <cache>/api-keys.json; see 'mastery keys')")
     # -- LLM client (validated together by mastery.llm.settings.LLMSettings) ----------------------
     llm_backend: str = Field(default=BACKENDS[0], description="embedded, ollama or openai")
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL ending in /v1")
@@ -113,7 +115,8 @@ class Settings(BaseSettings):
     def _expand_all(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
         return tuple(p.expanduser() for p in value)
 
-    @field_validator("cache", "model_store", "kb_dir", "crewai_dir", "price_table", mode="after")
+    @field_validator("cache", "model_store", "kb_dir", "crewai_dir", "price_table", "api_keys_file",
+                     mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
