@@ -222,7 +222,8 @@ def _cifar_batch(data: np.ndarray, labels: list[int]) -> bytes:
     return pickle.dumps(batch, protocol=2)
 
 
-def test_cifar_official_batches_are_used_when_the_jpeg_copy_is_missing(www, monkeypatch):
+def _cifar_archive() -> tuple[bytes, dict[str, tuple[np.ndarray, list[int]]]]:
+    """A tiny archive laid out as the official one (five train batches, a test batch, the meta file)."""
     rng = np.random.default_rng(1)
     batches = {f"cifar-10-batches-py/data_batch_{i}": (rng.integers(0, 256, (2, 3072), dtype=np.uint8), [i, 9 - i])
                for i in range(1, 6)}
@@ -230,10 +231,18 @@ def test_cifar_official_batches_are_used_when_the_jpeg_copy_is_missing(www, monk
     members = {k: _cifar_batch(d, lab) for k, (d, lab) in batches.items()}
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
     members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": names}, protocol=2)
-    archive = tar_bytes(members)
+    return tar_bytes(members), batches
+
+
+def _serve_cifar(www: Path, monkeypatch: pytest.MonkeyPatch, archive: bytes) -> None:
     official = get_asset("cifar10-official")
     serve(www, official.urls[0], archive)
     monkeypatch.setitem(catalog.ASSETS, "cifar10-official", replace(official, sha256=sha(archive)))
+
+
+def test_cifar_official_batches_are_used_when_the_jpeg_copy_is_missing(www, monkeypatch):
+    archive, batches = _cifar_archive()
+    _serve_cifar(www, monkeypatch, archive)
     assert not store.available("cifar10-official")
     data = loaders.load_cifar10()
     assert data["source"] == "official"
@@ -255,6 +264,57 @@ def test_a_cifar_batch_naming_any_other_global_is_refused():
 
     with pytest.raises(AssetError, match=r"system, which is not allowed"):
         loaders.read_cifar_batch(io.BytesIO(pickle.dumps({b"data": Evil()}, protocol=2)))
+
+
+def test_a_cifar_batch_asking_for_another_codec_is_refused():
+    import codecs
+
+    class Rot13:  # pickled as _codecs.encode("...", "rot13"): an allowed global with a disallowed argument
+        def __reduce__(self):
+            return (codecs.encode, ("abc", "rot13"))
+
+    with pytest.raises(AssetError, match=r"codec 'rot13', which is not allowed"):
+        loaders.read_cifar_batch(io.BytesIO(pickle.dumps({b"data": Rot13()}, protocol=2)))
+    # bytes in a protocol-2 pickle are _codecs.encode(str, "latin1"): still read
+    assert loaders.read_cifar_batch(io.BytesIO(pickle.dumps({b"k": b"\xff\x00"}, protocol=2))) == {b"k": b"\xff\x00"}
+
+
+def _tamper_keeping_size_and_mtime(path: Path) -> None:
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_an_edit_that_restores_size_and_mtime_does_not_pass_the_stamp(www, monkeypatch):
+    archive, _ = _cifar_archive()
+    _serve_cifar(www, monkeypatch, archive)
+    asset = get_asset("cifar10-official")
+    path = store.resolve(asset)  # fetched, verified and stamped
+    assert store._stamp_ok(asset, path)
+    _tamper_keeping_size_and_mtime(path)
+    with pytest.raises(ChecksumMismatch, match="checksum mismatch for cifar10-official"):
+        store.check(asset, path)  # the stamp is trusted here, yet the ctime gives the edit away
+
+
+def test_the_cifar_archive_is_rehashed_before_unpickling_even_with_a_forged_stamp(www, monkeypatch):
+    archive, _ = _cifar_archive()
+    _serve_cifar(www, monkeypatch, archive)
+    asset = get_asset("cifar10-official")
+    path = store.resolve(asset)
+    _tamper_keeping_size_and_mtime(path)
+    store._write_stamp(asset, path)  # someone who can write the cache can write a matching stamp too
+    assert store._stamp_ok(asset, path) and store.resolve(asset) == path  # plain resolves trust it
+
+    def must_not_unpickle(fh):
+        raise AssertionError("a batch was unpickled from an archive whose sha256 was not checked")
+
+    monkeypatch.setattr(loaders, "read_cifar_batch", must_not_unpickle)
+    with pytest.raises(ChecksumMismatch, match="checksum mismatch for cifar10-official"):
+        loaders.load_cifar10()
 
 
 def test_wheel_member_is_converted_before_it_is_checked(www, monkeypatch, tmp_path):

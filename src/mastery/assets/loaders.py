@@ -52,7 +52,7 @@ def load_cifar10() -> dict[str, Any]:
 
     official, jpeg = get_asset("cifar10-official"), get_asset("cifar10")
     if locate(official) is not None or locate(jpeg) is None:
-        return _load_cifar10_official(resolve(official))
+        return _load_cifar10_official(resolve(official, rehash=True))  # unpickled: never trust a stamp
     with np.load(resolve(jpeg)) as d:
         return {
             "x_train": d["x_train"], "y_train": d["y_train"].astype(np.int64),
@@ -67,6 +67,13 @@ _CIFAR_GLOBALS = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._
                             ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
 
 
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    # What protocol-2 pickles of bytes call: codecs.encode(str, "latin1"); any other codec is refused.
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"CIFAR batch asks for codec {encoding!r}, which is not allowed")
+    return text.encode("latin-1")
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """Reads the CIFAR python batches (Python 2 pickles of dicts, lists, bytes and numpy arrays) and
     refuses every other global, so a tampered archive cannot run code even before its digest is known."""
@@ -79,9 +86,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
             return _reconstruct
         if module == "_codecs":
-            import codecs
-
-            return codecs.encode
+            return _latin1_encode
         return getattr(np, name)
 
 

@@ -8,6 +8,10 @@ registry repacks, else the canonical URL). A repacked file is rebuilt by
 registry's sha256 (or its content digest, where the bytes cannot be rebuilt exactly) and only then
 renamed into place, so an interrupted or corrupt download never passes as complete.
 
+A verified file gets a stamp in the cache (its device, inode, size, mtime and ctime) so later runs skip
+re-hashing it; a loader that unpickles re-hashes anyway (``resolve(name, rehash=True)``), because a stamp
+only proves that nobody changed the file by accident.
+
 Tests point every URL and the PyPI index at a local server with :func:`redirect_sources`.
 """
 
@@ -102,13 +106,24 @@ def _stamp_path(asset: Asset) -> Path:
     return cache_dir() / ".verified" / f"{asset.name}.json"
 
 
-def _fingerprint(path: Path) -> dict[str, int | str]:
+def _stat_key(path: Path) -> list[int]:
     st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    # ctime cannot be set from user space (os.utime sets it to now), so an edit that puts the old size and
+    # mtime back still changes it; the inode changes when a file is replaced by another.
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _fingerprint(path: Path) -> dict[str, object]:
+    """What a stamp remembers of a file, or of every file under a folder (a folder's own times do not
+    change when a file inside it is edited in place)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {"path": str(path.resolve()), "files": [[p.relative_to(path).as_posix(), *_stat_key(p)] for p in files]}
+    return {"path": str(path.resolve()), "stat": _stat_key(path)}
 
 
 def _stamp_ok(asset: Asset, path: Path) -> bool:
-    """True when this exact file (path, size, mtime) was verified against this sha256 before."""
+    """True when this exact file (device, inode, size, mtime, ctime) was verified against this sha256 before."""
     stamp = _stamp_path(asset)
     try:
         data = json.loads(stamp.read_text())
@@ -129,7 +144,14 @@ def _write_stamp(asset: Asset, path: Path) -> None:
 
 
 def check(asset: Asset, path: Path, *, trust_stamp: bool = True) -> Path:
-    """Raise ChecksumMismatch unless ``path`` has the registered digest."""
+    """Raise ChecksumMismatch unless ``path`` has the registered digest.
+
+    With ``trust_stamp`` a file whose stamp still matches (see :func:`_stamp_ok`) is not re-hashed: that
+    saves re-reading gigabytes on every run, and is safe for formats that are parsed as data (CSV, JSON,
+    ``np.load(allow_pickle=False)``, tar). It is a speed-up, not a proof: whoever can write the cache can
+    write a stamp too. A caller about to unpickle or otherwise deserialise code-capable content must pass
+    ``trust_stamp=False`` (``resolve(..., rehash=True)``), so the sha256 is computed right before.
+    """
     if trust_stamp and _stamp_ok(asset, path):
         return path
     actual = digest(path, asset.is_folder)
@@ -182,14 +204,18 @@ def locate(asset: Asset) -> Location | None:
     return None
 
 
-def resolve(name: str | Asset, *, fetch: bool = True, show_progress: bool = False) -> Path:
-    """Path of a verified copy of the asset, fetching it into the cache when allowed."""
+def resolve(name: str | Asset, *, fetch: bool = True, show_progress: bool = False, rehash: bool = False) -> Path:
+    """Path of a verified copy of the asset, fetching it into the cache when allowed.
+
+    ``rehash=True`` ignores verification stamps and computes the sha256 now: required before the file is
+    unpickled (the official CIFAR-10 batches) or read by any other loader that can run code.
+    """
     asset = get_asset(name) if isinstance(name, str) else name
     if asset.kind == "generated":
         raise AssetError(f"{asset.name} is generated on demand and has no file; use its loader")
     found = locate(asset)
     if found is not None:
-        return check(asset, found.path)
+        return check(asset, found.path, trust_stamp=not rehash)
     if not fetch or asset.substitute:
         raise AssetError(_missing_message(asset))
     return _fetch(asset, show_progress=show_progress)
