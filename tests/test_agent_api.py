@@ -2,13 +2,14 @@
 
 Servers are real uvicorn on 127.0.0.1 (threads): two scripted LLMs (primary, fallback) and the API. Backoff
 waits go through a fake sleep, so no test really sleeps; the LLM timeouts are real (a few tenths of a second).
+The API's keys live in a temp key file: alice's client drives most tests; bob's and keyless ones probe the
+boundaries (401 without a key, 404 for another owner's run, a 409 that leaks nothing, Host checked).
 """
 
 import json
 import logging
 import random
 
-import httpx
 import pytest
 
 from mastery.agents.resilience import (
@@ -30,7 +31,8 @@ from mastery.eval.agent_api_fixtures import EXAMPLE_PRICES, FALLBACK_MODEL, PRIM
 from mastery.llm.errors import LLMBadResponse, LLMModelNotFound, LLMServerDown, LLMTimeout
 from mastery.llm.fake import ScriptedChat, in_order
 from mastery.llm.scripted import Fault, ScriptedLLM, create_scripted_app
-from mastery.serving.agent_client import wait_result
+from mastery.serving.agent_client import api_client, wait_result
+from mastery.serving.auth import KeyStore
 from mastery.serving.server import ServerThread
 
 
@@ -210,27 +212,41 @@ def test_scripted_server_faults(llms):
 
 
 # -- the agent API over HTTP ----------------------------------------------------------------------
-def _app(db, p_url, f_url, workers=2, queue_limit=32):
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """A key file with alice's and bob's keys: ``(store, {owner: token})``."""
+    store = KeyStore(tmp_path_factory.mktemp("keys") / "api-keys.json")
+    return store, {owner: store.create(owner)[1] for owner in ("alice", "bob")}
+
+
+def _app(db, p_url, f_url, keys, workers=2, queue_limit=32, tools=None, **options):
     from mastery.agents.resilience import parse_price_table
     from mastery.serving.agent_api import AgentAPISettings, create_app
     from mastery.serving.agent_runs import BackendSpec, RunnerSettings
 
     backends = [BackendSpec("primary", p_url + "/v1", PRIMARY_MODEL, timeout_s=0.3),
                 BackendSpec("fallback", f_url + "/v1", FALLBACK_MODEL, timeout_s=0.3)]
-    runner = RunnerSettings(backends=backends, tools=demo_tools(), agent_mode="native",
+    runner = RunnerSettings(backends=backends, tools=tools or demo_tools(), agent_mode="native",
                             prices=parse_price_table(EXAMPLE_PRICES),
                             workers=workers, queue_limit=queue_limit, llm_retry=RetryPolicy(attempts=3, base_s=0.01),
                             tool_retry=RetryPolicy(attempts=2, base_s=0.01), sleep=lambda s: None)
-    return create_app(AgentAPISettings(db_path=db, runner=runner, default_timeout_s=20.0))
+    return create_app(AgentAPISettings(db_path=db, runner=runner, default_timeout_s=20.0, keys=keys[0], **options))
 
 
 @pytest.fixture(scope="module")
-def api(llms, tmp_path_factory):
+def server(llms, keys, tmp_path_factory):
     db = tmp_path_factory.mktemp("agent-api") / "runs.db"
-    app = _app(db, llms[2], llms[3])
-    with ServerThread(app) as server, httpx.Client(base_url=server.url, trust_env=False, timeout=30.0) as client:
-        yield client, db
+    app = _app(db, llms[2], llms[3], keys)
+    with ServerThread(app) as srv:
+        yield srv.url, db
     app.state.close()
+
+
+@pytest.fixture(scope="module")
+def api(server, keys):
+    """alice's client."""
+    with api_client(server[0], keys[1]["alice"], timeout=30.0) as client:
+        yield client, server[1]
 
 
 def _run(client, body, headers=None):
@@ -297,6 +313,7 @@ def test_idempotency_and_bad_requests(api, caplog):
     assert again.json()["id"] == first.json()["id"] and again.json()["created"] is False
     other = client.post("/runs", json={**body, "max_steps": 4}, headers={"Idempotency-Key": "key-1"})
     assert other.status_code == 409 and "Idempotency-Key" in other.json()["error"]
+    assert first.json()["id"] not in other.text  # the conflict names nothing of the earlier request
     wait_result(client, first.json()["id"])
     cases = [({"question": ""}, "question"), ({"question": "x", "max_steps": 0}, "max_steps"),
              ({"question": "x", "tools": ["shell"]}, "tools.0"), ({"question": "x", "timeout_s": 1e9}, "timeout_s"),
@@ -326,14 +343,15 @@ def test_structured_logs_carry_request_and_run_ids(api, caplog):
     assert any(ln.get("request_id") == "t-logs-1" and ln.get("path") == "/runs" for ln in lines)
 
 
-def test_queue_full_is_429_and_restart_keeps_runs(llms, tmp_path):
+def test_queue_full_is_429_and_restart_keeps_runs(llms, keys, tmp_path):
     from mastery.serving.agent_runs import RunStore
 
     db = tmp_path / "runs.db"
-    app = _app(db, llms[2], llms[3], workers=1, queue_limit=0)
+    app = _app(db, llms[2], llms[3], keys, workers=1, queue_limit=0)
+    token = keys[1]["alice"]
     try:
         llms[0].set_faults([Fault("delay", delay_s=0.25)])
-        with ServerThread(app) as server, httpx.Client(base_url=server.url, trust_env=False, timeout=30) as client:
+        with ServerThread(app) as server, api_client(server.url, token, timeout=30) as client:
             busy = client.post("/runs", json={"question": "What is 17 * 23?"}).json()["id"]
             refused = client.post("/runs", json={"question": "What is 17 * 23? again"},
                                   headers={"Idempotency-Key": "refused-1"})
@@ -347,10 +365,11 @@ def test_queue_full_is_429_and_restart_keeps_runs(llms, tmp_path):
         llms[0].set_faults([])
         app.state.close()
     store = RunStore(db)  # a run stored but never run: what a crash between POST and the worker leaves behind
-    orphan, _ = store.create("never ran", {"max_steps": 2, "timeout_s": 5.0, "tools": ["calculator"]}, "", None, "h")
+    orphan, _ = store.create("never ran", {"max_steps": 2, "timeout_s": 5.0, "tools": ["calculator"]}, "", None, "h",
+                             owner="alice")
     store.close()
-    app = _app(db, llms[2], llms[3])
-    with ServerThread(app) as server, httpx.Client(base_url=server.url, trust_env=False, timeout=30) as client:
+    app = _app(db, llms[2], llms[3], keys)
+    with ServerThread(app) as server, api_client(server.url, token, timeout=30) as client:
         assert client.get(f"/runs/{busy}").json() == done
         assert client.get(f"/runs/{second['id']}").json()["answer"] == "391"
         interrupted = client.get(f"/runs/{orphan}").json()
@@ -364,7 +383,8 @@ def test_fuzz_finds_no_server_errors(api):
     from mastery.serving.fuzz import fuzz_api
 
     client, _ = api
-    result = fuzz_api(str(client.base_url).rstrip("/"), max_examples=6, seed=0)
+    result = fuzz_api(str(client.base_url).rstrip("/"), max_examples=6, seed=0,
+                      headers={"Authorization": client.headers["authorization"]})
     assert result.cases > 20
     assert result.server_errors == 0, [o.examples for o in result.operations if o.server_errors]
     assert not result.failures(), [o.examples for o in result.operations if o.failures]
@@ -377,3 +397,151 @@ def test_cli_registers_agent_serve():
                                       "--mode", "native", "--llm-url", "http://127.0.0.1:9/v1"])
     assert args.port == 8011 and args.fallback_url.endswith("/v1") and args.db.endswith(".db")
     assert args.mode == "native" and args.llm_url == "http://127.0.0.1:9/v1"
+    assert args.allow_python is False and args.allowed_host == [] and args.keys_file is None
+
+
+# -- authentication, owners, trusted hosts, tools by configuration ---------------------------------------
+def test_no_key_or_a_wrong_key_is_401_and_health_stays_open(server):
+    url, _ = server
+    run_path = "/runs/" + "0" * 32
+    with api_client(url, None, timeout=30.0) as anonymous:
+        assert anonymous.get("/health").status_code == 200
+        refused = [anonymous.post("/runs", json={"question": "What is 17 * 23?", "tools": ["calculator"]}),
+                   anonymous.get(run_path), anonymous.get(run_path + "/events"), anonymous.get("/pricing")]
+        for r in refused:
+            assert r.status_code == 401, (r.request.url, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer") and r.headers["x-request-id"]
+            assert "API key" in r.json()["error"]
+        for header in ("Bearer mst_not-a-key", "Basic YWxpY2U6cHc=", "Bearer", "Bearer " + "x" * 5000):
+            r = anonymous.get("/pricing", headers={"Authorization": header})
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), header
+    assert refused[0].json()["request_id"] == refused[0].headers["x-request-id"]
+
+
+def test_another_owners_run_is_404_like_a_missing_one(server, keys, api):
+    alice, _ = api
+    created = alice.post("/runs", json={"question": "What is 17 * 23? [alice secret]"}, headers={"X-Request-ID": "a-1"})
+    run_id = created.json()["id"]
+    _, result = wait_result(alice, run_id)
+    assert result["owner"] == "alice" and result["answer"] == "391"
+    with api_client(server[0], keys[1]["bob"], timeout=30.0) as bob:
+        for path in (f"/runs/{run_id}", f"/runs/{run_id}/events"):
+            theirs, missing = bob.get(path), bob.get(path.replace(run_id, "f" * 32))
+            assert theirs.status_code == missing.status_code == 404, path
+            assert "secret" not in theirs.text and "391" not in theirs.text
+            # the same answer as for a run that does not exist, apart from the ids in it
+            assert theirs.json()["error"].replace(run_id, "ID") == missing.json()["error"].replace("f" * 32, "ID")
+    assert alice.get(f"/runs/{run_id}").status_code == 200  # the owner still reads it
+
+
+def test_idempotency_keys_are_scoped_per_owner_and_a_conflict_reveals_nothing(server, keys, api):
+    alice, _ = api
+    secret = {"question": "What is 17 * 23? [alice private]", "max_steps": 3}
+    first = alice.post("/runs", json=secret, headers={"Idempotency-Key": "shared-key"})
+    assert first.status_code == 202
+    with api_client(server[0], keys[1]["bob"], timeout=30.0) as bob:
+        # the same key from another owner is another key: a new run of bob's, not alice's run, not a 409
+        mine = bob.post("/runs", json={"question": "What is 6 * 7?"}, headers={"Idempotency-Key": "shared-key"})
+        assert mine.status_code == 202 and mine.json()["created"] is True and mine.json()["id"] != first.json()["id"]
+        # even alice's exact body from bob starts bob's own run
+        copy = bob.post("/runs", json=secret, headers={"Idempotency-Key": "copied-key"})
+        assert copy.status_code == 202 and copy.json()["id"] != first.json()["id"]
+        conflict = bob.post("/runs", json=secret, headers={"Idempotency-Key": "shared-key"})
+        assert conflict.status_code == 409
+        for leak in (first.json()["id"], mine.json()["id"], "private", "6 * 7"):
+            assert leak not in conflict.text, leak
+        wait_result(bob, mine.json()["id"])
+        wait_result(bob, copy.json()["id"])
+    again = alice.post("/runs", json={**secret, "max_steps": 4}, headers={"Idempotency-Key": "shared-key"})
+    assert again.status_code == 409 and first.json()["id"] not in again.text
+    wait_result(alice, first.json()["id"])
+
+
+def test_a_host_header_not_allowed_is_400(server, keys):
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    with api_client(url, keys[1]["alice"], timeout=30.0) as client:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "", "localhost.:80"):
+            r = client.get("/pricing", headers={"Host": host})
+            assert r.status_code == 400, host
+            assert r.headers["x-request-id"] and "Host" in r.json()["error"]
+        r = client.get("/health", headers={"Host": "attacker.test"})  # even /health: a rebinding page learns nothing
+        assert r.status_code == 400
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            assert client.get("/pricing", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_revoked_key_is_refused_on_the_next_request(server, keys):
+    store, _ = keys
+    key, token = store.create("carol")
+    with api_client(server[0], token, timeout=30.0) as carol:
+        assert carol.get("/pricing").status_code == 200
+        store.revoke(key.id)
+        r = carol.get("/pricing")
+        assert r.status_code == 401 and "revoked" in r.json()["error"]
+
+
+def test_the_python_tool_is_the_servers_choice_never_the_requests(api, llms, keys, tmp_path):
+    from mastery.agents.tools import python_tool
+    from mastery.serving.agent_api import default_settings
+
+    client, _ = api
+    r = client.post("/runs", json={"question": "print(open('/etc/shadow').read())", "tools": ["python"]})
+    assert r.status_code == 422 and "tools.0" in r.json()["error"]
+    # a server whose tool list holds python refuses to start unless it was configured to offer it
+    with pytest.raises(ConfigError, match="allow_python"):
+        _app(tmp_path / "a.db", llms[2], llms[3], keys, tools=[*demo_tools(), python_tool()])
+    # `mastery agent serve`'s settings: python only with --allow-python
+    closed = default_settings(tmp_path / "b.db", "http://127.0.0.1:9/v1", "m", keys=keys[0])
+    opened = default_settings(tmp_path / "c.db", "http://127.0.0.1:9/v1", "m", keys=keys[0], allow_python=True)
+    assert [t.name for t in closed.runner.tools] == ["calculator", "kb_search"]
+    assert "python" in [t.name for t in opened.runner.tools] and opened.allow_python
+    app = _app(tmp_path / "d.db", llms[2], llms[3], keys, tools=[*demo_tools(), python_tool()], allow_python=True)
+    try:
+        schema = app.openapi()["components"]["schemas"]
+        assert "python" in schema["ToolName"]["enum"]
+    finally:
+        app.state.close()
+
+
+def test_cli_agent_serve_refuses_to_start_without_a_key(tmp_path, capsys):
+    from mastery.cli import main
+
+    keys_file = tmp_path / "empty.json"
+    code = main(["agent", "serve", "--keys-file", str(keys_file), "--llm-url", "http://127.0.0.1:9/v1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("mastery: error: no API key in")
+    assert "mastery keys create --owner NAME --keys-file" in err[-1]
+
+
+def test_run_store_from_before_owners_hides_its_runs(tmp_path):
+    """A runs file written before owners existed: its runs belong to nobody, its unscoped keys are dropped."""
+    import sqlite3
+
+    from mastery.serving.agent_runs import RunStore
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE runs (id TEXT PRIMARY KEY, status TEXT NOT NULL, question TEXT NOT NULL, params TEXT NOT NULL,
+            answer TEXT, reason TEXT NOT NULL DEFAULT '', backend TEXT NOT NULL DEFAULT '',
+            llm_retries INTEGER NOT NULL DEFAULT 0, tool_retries INTEGER NOT NULL DEFAULT 0,
+            fallbacks INTEGER NOT NULL DEFAULT 0, errors TEXT NOT NULL DEFAULT '[]', cost TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL, started_at REAL, finished_at REAL, request_id TEXT NOT NULL DEFAULT '',
+            idempotency_key TEXT);
+        CREATE TABLE idempotency (key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, run_id TEXT NOT NULL,
+            created_at REAL NOT NULL);
+        INSERT INTO runs (id, status, question, params, created_at, idempotency_key)
+            VALUES ('old1', 'answered', 'q', '{"max_steps": 2, "timeout_s": 5.0, "tools": []}', 0, 'k');
+        INSERT INTO idempotency VALUES ('k', 'h', 'old1', 0);""")
+    con.commit()
+    con.close()
+    store = RunStore(db)
+    try:
+        assert store.get("old1") is not None and store.get("old1", owner="alice") is None
+        assert store.get("old1")["owner"] == ""
+        run_id, created = store.create("q", {"max_steps": 2, "timeout_s": 5.0, "tools": []}, "", "k", "h2",
+                                       owner="alice")
+        assert created and run_id != "old1"
+    finally:
+        store.close()

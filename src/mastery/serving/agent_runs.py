@@ -3,6 +3,9 @@
 Every state change is written before it is announced, so a reader (``GET /runs/{id}``, the SSE stream)
 never sees a step that a restart would lose. A run that was queued or running when the process died is
 marked ``interrupted`` when the next process opens the same file, never left looking alive.
+
+Every run has an owner (the API key's): ``get(run_id, owner=...)`` finds only that owner's runs, and an
+Idempotency-Key is a key within one owner's namespace, so two owners can never collide on (or probe) a key.
 """
 
 from __future__ import annotations
@@ -35,11 +38,19 @@ CREATE TABLE IF NOT EXISTS runs (
     llm_retries INTEGER NOT NULL DEFAULT 0, tool_retries INTEGER NOT NULL DEFAULT 0,
     fallbacks INTEGER NOT NULL DEFAULT 0, errors TEXT NOT NULL DEFAULT '[]', cost TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, request_id TEXT NOT NULL DEFAULT '',
-    idempotency_key TEXT);
+    idempotency_key TEXT, owner TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id), seq INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, seq));
-CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, run_id TEXT NOT NULL REFERENCES runs(id), created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL, key TEXT NOT NULL, body_hash TEXT NOT NULL, run_id TEXT NOT NULL REFERENCES runs(id),
+    created_at REAL NOT NULL, PRIMARY KEY (owner, key));
+CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, id);
+"""
+# A file from before owners: its runs get owner '' (no key can have that name, so nobody sees them) and its
+# global idempotency table is dropped (keys were not scoped, so none of them can be trusted to one owner).
+_MIGRATE_OWNERS = """
+ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+DROP TABLE IF EXISTS idempotency;
 """
 LLM_RETRY = RetryPolicy(attempts=3, base_s=0.25, max_s=2.0)
 TOOL_RETRY = RetryPolicy(attempts=2, base_s=0.1, max_s=1.0)
@@ -51,7 +62,12 @@ class QueueFull(MasteryError):
 
 
 class IdempotencyConflict(MasteryError):
-    """The Idempotency-Key was used before with a different request body."""
+    """The Idempotency-Key was used before with a different request body (by the same owner)."""
+
+    def __init__(self) -> None:
+        # nothing about the earlier request: not its run id, not its body
+        super().__init__("this Idempotency-Key was already used with a different request body; "
+                         "use a new key for a new request")
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -70,6 +86,10 @@ class RunStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
+            if columns and "owner" not in columns:
+                self._db.executescript(_MIGRATE_OWNERS)
+                log.warning("run store %s predates owners: its runs are now visible to no API key", self.path)
             self._db.executescript(_SCHEMA)
             cur = self._db.execute("UPDATE runs SET status='interrupted', reason=?, finished_at=? "
                                    "WHERE status IN ('queued', 'running')", (INTERRUPTED, time.time()))
@@ -83,26 +103,27 @@ class RunStore:
             self._db.close()
 
     def create(self, question: str, params: dict[str, Any], request_id: str, key: str | None,
-               digest: str) -> tuple[str, bool]:
-        """A new queued run, or (same key and body) the existing one: ``(run_id, created)``."""
+               digest: str, owner: str) -> tuple[str, bool]:
+        """A new queued run of ``owner``, or (same owner, key and body) the existing one: ``(run_id, created)``."""
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if key is not None:
-                    row = self._db.execute("SELECT body_hash, run_id FROM idempotency WHERE key=?", (key,)).fetchone()
+                    row = self._db.execute("SELECT body_hash, run_id FROM idempotency_keys WHERE owner=? AND key=?",
+                                           (owner, key)).fetchone()
                     if row is not None:
                         self._db.execute("COMMIT")
                         if row["body_hash"] != digest:
-                            raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for a different request "
-                                                      f"(run {row['run_id']}); use a new key for a new request")
+                            raise IdempotencyConflict()
                         return row["run_id"], False
                 run_id = uuid.uuid4().hex
                 self._db.execute("INSERT INTO runs (id, status, question, params, created_at, request_id, "
-                                 "idempotency_key) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                                 (run_id, question, json.dumps(params), now, request_id, key))
+                                 "idempotency_key, owner) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                                 (run_id, question, json.dumps(params), now, request_id, key, owner))
                 if key is not None:
-                    self._db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?)", (key, digest, run_id, now))
+                    self._db.execute("INSERT INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                                     (owner, key, digest, run_id, now))
                 self._db.execute("COMMIT")
             except IdempotencyConflict:
                 raise
@@ -114,7 +135,7 @@ class RunStore:
     def delete(self, run_id: str) -> None:
         """Forget a run that was never queued (the pool refused it), with its idempotency key."""
         with self._lock:
-            self._db.execute("DELETE FROM idempotency WHERE run_id=?", (run_id,))
+            self._db.execute("DELETE FROM idempotency_keys WHERE run_id=?", (run_id,))
             self._db.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
     def update(self, run_id: str, **values: Any) -> None:
@@ -136,9 +157,13 @@ class RunStore:
                                     (run_id, after)).fetchall()
         return [json.loads(r["data"]) for r in rows]
 
-    def get(self, run_id: str) -> dict[str, Any] | None:
+    def get(self, run_id: str, owner: str | None = None) -> dict[str, Any] | None:
+        """The run, or None when there is none (or, with ``owner``, when it belongs to someone else)."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            if owner is None:  # the worker pool's own reads
+                row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            else:
+                row = self._db.execute("SELECT * FROM runs WHERE id=? AND owner=?", (run_id, owner)).fetchone()
         if row is None:
             return None
         run = dict(row)

@@ -108,6 +108,7 @@ class RunView(BaseModel):
     wall_s: float | None = None
     request_id: str = ""
     idempotency_key: str | None = None
+    owner: str = Field("", description="the API key owner who started the run (only they can read it)")
 
 
 class Health(BaseModel):

@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,34 @@ def _load(args: argparse.Namespace, tmp: str) -> Any:
     return load_artifact(Path(args.artifact), expected_sha256=args.sha256)
 
 
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler: unwinds the stack like KeyboardInterrupt, so every ``with`` and
+    ``finally`` on the way (the temporary folder) runs before the process exits."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` while the block runs (main thread only).
+
+    uvicorn catches SIGTERM, shuts down gracefully, restores the handler it found and raises the signal
+    again; with Python's default handler that kills the process on the spot, skipping the cleanup of
+    everything around ``uvicorn.run``. With this handler the re-raised signal unwinds instead. A SIGTERM
+    before uvicorn starts (while the model loads) unwinds the same way.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -68,13 +100,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mastery.serving.predict_api import create_app
 
     use_json_logs(logging.getLogger().level or logging.INFO)  # every line on stderr is one JSON object
+    log = logging.getLogger(__name__)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger(__name__).warning("binding to %s: the API has no authentication", args.host)
-    with tempfile.TemporaryDirectory(prefix="mastery-serve-") as tmp:
-        app = create_app(_load(args, tmp), scoring_threads=args.scoring_threads)
-        # log_config=None keeps the JSON handlers; the middleware writes the access log.
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                    timeout_graceful_shutdown=5)
+        log.warning("binding to %s: the API has no authentication", args.host)
+    try:
+        with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="mastery-serve-") as tmp:
+            app = create_app(_load(args, tmp), scoring_threads=args.scoring_threads)
+            # log_config=None keeps the JSON handlers; the middleware writes the access log.
+            uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                        timeout_graceful_shutdown=5)
+    except _Terminated:
+        log.info("stopped by SIGTERM; temporary files removed")
     return 0
 
 
@@ -85,12 +121,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from mastery.llm.client import embedded_alias, server_healthy
     from mastery.llm.settings import load_settings
     from mastery.serving.agent_api import create_app, default_settings
+    from mastery.serving.auth import KeyStore, trusted_hosts
     from mastery.serving.logs import use_json_logs
 
     use_json_logs(logging.getLogger().level or logging.INFO)
     log = logging.getLogger(__name__)
+    keys = KeyStore(args.keys_file) if args.keys_file else KeyStore.from_settings()
+    if not keys.active_owners():  # refuse rather than serve an API nobody can use (or one left open)
+        raise MasteryError(f"no API key in {keys.path}: create one with 'mastery keys create --owner NAME"
+                           + (f" --keys-file {args.keys_file}'" if args.keys_file else "'"))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding to %s: the API has no authentication", args.host)
+        log.warning("binding to %s: API keys travel in clear text (no TLS); put a TLS proxy in front", args.host)
     llm = load_settings(backend=args.backend, base_url=args.llm_url, model=args.model, threads=args.threads,
                         ctx=args.ctx)
     primary_url = llm.url
@@ -100,8 +141,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     settings = default_settings(args.db, primary_url, model, fallback_url=args.fallback_url,
                                 fallback_model=args.fallback_model, prices=load_price_table(args.price_table),
                                 llm_timeout_s=args.timeout if args.timeout is not None else 60.0,
-                                workers=args.workers, queue_limit=args.queue, agent_mode=args.mode)
+                                workers=args.workers, queue_limit=args.queue, agent_mode=args.mode,
+                                allow_python=args.allow_python, keys=keys,
+                                allowed_hosts=trusted_hosts(args.host, args.allowed_host))
     app = create_app(settings)
+    log.info("agent API keys: %s (owners: %s); clients send 'Authorization: Bearer <token>' (new key: mastery keys "
+             "create --owner NAME); Host must be one of %s; tools: %s", keys.path, ", ".join(keys.active_owners()),
+             ", ".join(settings.allowed_hosts), ", ".join(t.name for t in settings.runner.tools))
     log.info("agent API: primary %s (%s), fallback %s, runs in %s", primary_url, model, args.fallback_url or "none",
              args.db)
     try:
@@ -162,4 +208,11 @@ def add_agent_serve(sub: Any) -> None:
                    help="text ReAct (default; best on small local models) or OpenAI function calling")
     p.add_argument("--queue", type=int, default=16, choices=range(0, 1001), metavar="N",
                    help="runs waiting for a worker before POST /runs answers 429")
+    p.add_argument("--keys-file", default=None, help="API key file (default MASTERY_API_KEYS_FILE, else "
+                                                     "<cache>/api-keys.json); see 'mastery keys create'")
+    p.add_argument("--allow-python", action="store_true",
+                   help="offer the python tool (runs client-sent code in the sandbox); off by default, and no "
+                        "request can turn it on")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another Host name to answer to (repeatable; default: 127.0.0.1, localhost, ::1 and --host)")
     p.set_defaults(func=cmd_agent)

@@ -64,8 +64,11 @@ class FuzzResult:
 
 
 def fuzz_api(base_url: str, max_examples: int = 25, seed: int = 0, timeout: float = 10.0,
-             schema_path: str = "/openapi.json") -> FuzzResult:
-    """Load ``base_url + schema_path`` and fuzz every operation it documents (see the module docstring)."""
+             schema_path: str = "/openapi.json", headers: dict[str, str] | None = None) -> FuzzResult:
+    """Load ``base_url + schema_path`` and fuzz every operation it documents (see the module docstring).
+
+    ``headers`` go with every case and win over generated ones: e.g. the API key (``Authorization``), so the
+    cases test the inputs behind authentication rather than 401s."""
     import hypothesis
     import requests
     import schemathesis
@@ -85,7 +88,7 @@ def fuzz_api(base_url: str, max_examples: int = 25, seed: int = 0, timeout: floa
                 if not operation.body and not operation.query and mode is schemathesis.GenerationMode.NEGATIVE:
                     continue
                 _fuzz_operation(operation, mode, result, base_url, session, checks, max_examples, seed, timeout,
-                                hypothesis)
+                                hypothesis, headers)
                 log.info("fuzzed %s (%s): %d cases, statuses %s", result.operation, result.mode, result.cases,
                          dict(result.statuses))
                 results.append(result)
@@ -95,7 +98,8 @@ def fuzz_api(base_url: str, max_examples: int = 25, seed: int = 0, timeout: floa
 
 
 def _fuzz_operation(operation: Any, mode: Any, result: OperationResult, base_url: str, session: Any,
-                    checks: list[Any], max_examples: int, seed: int, timeout: float, hypothesis: Any) -> None:
+                    checks: list[Any], max_examples: int, seed: int, timeout: float, hypothesis: Any,
+                    headers: dict[str, str] | None = None) -> None:
     from hypothesis import HealthCheck
 
     strategy = operation.as_strategy(generation_mode=mode)
@@ -106,7 +110,7 @@ def _fuzz_operation(operation: Any, mode: Any, result: OperationResult, base_url
                          suppress_health_check=list(HealthCheck), print_blob=False)
     @hypothesis.given(case=strategy)
     def send(case: Any) -> None:
-        response = case.call(base_url=base_url, session=session, timeout=timeout)
+        response = case.call(base_url=base_url, session=session, headers=headers, timeout=timeout)
         result.cases += 1
         result.statuses[response.status_code] += 1
         try:
