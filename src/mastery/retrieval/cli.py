@@ -62,16 +62,27 @@ def _open(args: argparse.Namespace):  # -> KnowledgeBase
 
 
 def _report_ingest(result: Any, collection: str, location: str) -> None:
-    _out(f"{collection}: {result.added} added, {result.replaced} replaced, {result.unchanged} unchanged; "
+    repaired = f", {result.repaired} repaired" if getattr(result, "repaired", 0) else ""
+    _out(f"{collection}: {result.added} added, {result.replaced} replaced{repaired}, {result.unchanged} unchanged; "
          f"{result.chunks} chunks written, {result.deleted_chunks} old chunks removed "
          f"(embed {result.embed_seconds:.1f}s) in {location}")
+    if getattr(result, "interrupted", False):
+        _out(f"  repaired an interrupted ingest: {result.resumed_chunks} of its chunks kept, "
+             f"{result.cleaned_chunks} leftover chunks removed")
     for skipped in result.skipped:
         _out(f"  skipped {skipped}")
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from mastery.core.progress import BarProgress, NullProgress
+
     kb = _open(args)
-    result = kb.ingest_files(args.paths, args.collection, args.chunk_size, args.chunk_overlap, args.skip_errors)
+    progress = NullProgress() if args.quiet else BarProgress("kb ingest")
+    try:
+        result = kb.ingest_files(args.paths, args.collection, args.chunk_size, args.chunk_overlap, args.skip_errors,
+                                 max_file_mb=args.max_file_mb, progress=progress)
+    finally:
+        progress.close()
     _report_ingest(result, args.collection, kb.location)
     return 0
 
@@ -141,7 +152,11 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     p.add_argument("--collection", default="docs")
     p.add_argument("--chunk-size", type=int, default=1000, help="characters per chunk")
     p.add_argument("--chunk-overlap", type=int, default=150, help="characters shared by neighbouring chunks")
-    p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of stopping")
+    p.add_argument("--skip-errors", action="store_true", help="skip unreadable or oversized files instead of "
+                                                              "stopping")
+    p.add_argument("--max-file-mb", type=float, default=None, help="refuse files larger than this many MB "
+                                                                   "(default: $MASTERY_KB_MAX_FILE_MB or 20)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (chunks embedded/total) on stderr")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("ingest-attack", parents=[common], help="store the MITRE ATT&CK techniques (one document "

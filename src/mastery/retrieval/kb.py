@@ -11,6 +11,7 @@ Public API (stable: the RAG lab L19 and Cyber-Sentinel build on it)::
 
     r = kb.ingest_files(["guide.pdf", "notes/"], "docs", chunk_size=1000, chunk_overlap=150)
     r.added, r.replaced, r.unchanged, r.chunks         # files new / changed / already stored; chunks written
+    r.repaired, r.interrupted                          # files whose chunks were incomplete; a killed run finished
     kb.ingest_documents(technique_documents(), "attack", list_fields=("tactics",))  # ready Documents
 
     hits = kb.query("what is a DER encoding?", "docs", k=5, where={"source": "libtasn1.pdf"})
@@ -24,10 +25,12 @@ Guarantees:
 
 - Embeddings always come from our embedder (MiniLM by default) and are passed to Chroma explicitly;
   Chroma's own default embedding function (which would download a model) is never attached.
-- A file's identity is its absolute path; its content hash decides: same hash (and chunking) already
-  stored -> unchanged, nothing written; same path, new hash -> its old chunks are replaced.
-- Ingest is all-or-nothing: files are read, chunked and embedded before anything is written; if a write
-  fails half-way, the chunks deleted so far are put back and the ones added are removed.
+- A file's identity is its absolute path; its version (path, content hash, chunking) decides: the same
+  version committed with all its chunks -> unchanged, nothing written; otherwise its chunks are (re)written.
+- Ingest is crash-safe (:mod:`mastery.retrieval.ingest`): a manifest in the collection's metadata, written
+  last in one atomic call, names each file's committed version; reads skip every other version's chunks.
+  A ``kill -9`` at any point leaves the collection as it was before or as it is after; the next ingest
+  repairs the rest. Files over ``MASTERY_KB_MAX_FILE_MB`` (default 20) are refused before anything is read.
 - A retriever's BM25 index is built from the collection on its first search and rebuilt when the collection's
   size changes; its dense stage always asks Chroma, so it sees every write.
 - User errors (unknown collection, empty query, bad filter, unreadable file, unreachable server) raise
@@ -36,23 +39,31 @@ Guarantees:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from mastery.core.errors import MasteryError
-from mastery.retrieval.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, check_sizes, chunk_file
-from mastery.retrieval.documents import DocumentError, SourceFile, expand_paths, load_file
+from mastery.retrieval.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 from mastery.retrieval.hybrid import Scorer, SearchTuning, compose
 from mastery.retrieval.types import RETRIEVAL_KINDS, Document, Hit, Retriever, check_query
 
+if TYPE_CHECKING:
+    from mastery.core.progress import Progress
+    from mastery.retrieval.ingest import IngestResult
+
 log = logging.getLogger(__name__)
+# The manifest's keys in a collection's metadata and the chunk field it points at (see retrieval/ingest.py).
+FILE_PREFIX = "kb:file:"  # + path key -> JSON {version, path, source, file_hash, chunking, chunks}
+HIDDEN_KEY = "kb:hidden"  # JSON list of versions whose chunks reads skip (not committed, or replaced)
+NEW_KEY = "kb:new"  # made by an ingest that has not committed yet: treated as absent
+VERSION_FIELD = "version"
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _HOST_PORT = re.compile(r"^(?P<host>[\w.-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$")
 
@@ -97,21 +108,6 @@ class SentenceEmbedder:
         return encode_texts(self._load(), texts, self.batch_size)
 
 
-@dataclass
-class IngestResult:
-    """What an ingest did. For files the counts are files; for ``ingest_documents`` they are documents."""
-
-    added: int = 0  # new files (documents)
-    replaced: int = 0  # files whose content changed: old chunks replaced
-    unchanged: int = 0  # already stored with the same content hash: nothing written
-    chunks: int = 0  # chunks (documents) written
-    deleted_chunks: int = 0  # old chunks removed by replacements
-    skipped: list[str] = field(default_factory=list)  # "file: reason" (only with skip_errors=True)
-    load_seconds: float = 0.0
-    embed_seconds: float = 0.0
-    write_seconds: float = 0.0
-
-
 @dataclass(frozen=True)
 class CollectionStats:
     name: str
@@ -129,6 +125,9 @@ class KnowledgeBase:
         self.embedder: Embedder = embedder or SentenceEmbedder()
         # Writes go in batches below Chroma's limit; a test lowers this to fail between batches.
         self.write_batch = min(1000, int(client.get_max_batch_size()))
+        # Called with "intent", "batch N", "commit", "cleanup" as an ingest passes each step; the crash tests
+        # stop the process there to kill it.
+        self.checkpoint: Callable[[str], None] = lambda step: None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -143,7 +142,7 @@ class KnowledgeBase:
 
     # -- collections -----------------------------------------------------------------------------
     def collections(self) -> list[str]:
-        return sorted(c.name for c in self.client.list_collections())
+        return sorted(c.name for c in self.client.list_collections() if not (c.metadata or {}).get(NEW_KEY))
 
     def _collection(self, name: str, create: bool = False) -> Any:
         if not _NAME.match(name or ""):
@@ -153,13 +152,15 @@ class KnowledgeBase:
             # embedding_function=None: Chroma must never attach (and later download) its default model.
             col = self.client.get_or_create_collection(
                 name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
-                metadata={"embedder": self.embedder.name, "created_by": "mastery"})
+                metadata={"embedder": self.embedder.name, "created_by": "mastery", NEW_KEY: True})
         else:
             try:
                 col = self.client.get_collection(name, embedding_function=None)
             except Exception as exc:  # NotFoundError (embedded) or ValueError/HTTP errors (server)
                 if "does not exist" not in str(exc) and "not found" not in str(exc).lower():
                     raise KnowledgeBaseError(f"cannot open collection {name!r}: {exc}") from exc
+                col = None
+            if col is None or (col.metadata or {}).get(NEW_KEY):  # a first ingest that never committed
                 known = ", ".join(self.collections()) or "none yet"
                 raise KnowledgeBaseError(f"unknown collection {name!r} in {self.location}; known: {known}") from None
         built_with = (col.metadata or {}).get("embedder")
@@ -173,13 +174,16 @@ class KnowledgeBase:
         self.client.delete_collection(name)
 
     def count(self, collection: str) -> int:
-        return int(self._collection(collection).count())
+        col = self._collection(collection)
+        if not _hidden(col):
+            return int(col.count())
+        return len(_get_all(col, include=[], where=_visible(col))["ids"])
 
     def stats(self, collection: str | None = None) -> list[CollectionStats]:
         out = []
         for name in [collection] if collection else self.collections():
             col = self._collection(name)
-            metas = _get_all(col, include=["metadatas"])["metadatas"]
+            metas = _get_all(col, include=["metadatas"], where=_visible(col))["metadatas"]
             keys = {m.get("path") or m.get("source") for m in metas if m}
             out.append(CollectionStats(name, len(metas), len(keys - {None}), (col.metadata or {}).get("embedder", "?")))
         return out
@@ -187,7 +191,8 @@ class KnowledgeBase:
     def sources(self, collection: str) -> list[dict[str, Any]]:
         """One row per stored file: source, path, format, pages, chunks, file_hash (sorted by source)."""
         rows: dict[str, dict[str, Any]] = {}
-        for m in _get_all(self._collection(collection), include=["metadatas"])["metadatas"]:
+        col = self._collection(collection)
+        for m in _get_all(col, include=["metadatas"], where=_visible(col))["metadatas"]:
             key = m.get("path") or m.get("source", "?")
             row = rows.setdefault(key, {"source": m.get("source", "?"), "path": m.get("path", ""),
                                         "format": m.get("format", ""), "pages": set(), "chunks": 0,
@@ -201,7 +206,7 @@ class KnowledgeBase:
         """Stored chunks matching a metadata filter and/or containing a substring (no embedding), by id."""
         col = self._collection(collection)
         try:
-            got = col.get(where=where or None, where_document={"$contains": contains} if contains else None,
+            got = col.get(where=_visible(col, where), where_document={"$contains": contains} if contains else None,
                           include=["documents", "metadatas"])
         except Exception as exc:
             raise KnowledgeBaseError(f"bad filter {where!r}: {exc}") from None
@@ -211,137 +216,29 @@ class KnowledgeBase:
 
     # -- ingest ----------------------------------------------------------------------------------
     def ingest_files(self, paths: Sequence[str | Path], collection: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP, skip_errors: bool = False) -> IngestResult:
-        """Load, chunk, embed and store files (folders are searched for supported files).
+                     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP, skip_errors: bool = False,
+                     max_file_mb: float | None = None, progress: Progress | None = None) -> IngestResult:
+        """Load, chunk, embed and store files (folders are searched for supported files), crash-safely.
 
-        A file whose content hash and chunking are already stored is left alone; a stored path with a
-        new hash has its chunks replaced. With ``skip_errors`` unreadable files are listed in
-        ``result.skipped`` instead of aborting the whole ingest.
+        A file already committed with the same content hash and chunking, all its chunks present, is left
+        alone; otherwise its chunks are written and swapped in at the commit. Files over ``max_file_mb``
+        (default ``MASTERY_KB_MAX_FILE_MB``) raise a DocumentError before anything is read. With
+        ``skip_errors`` unreadable or oversized files are listed in ``result.skipped`` instead of aborting.
+        ``progress`` gets one stage whose steps are chunks embedded and stored.
         """
-        check_sizes(chunk_size, chunk_overlap)
-        result = IngestResult()
-        start = time.perf_counter()
-        files: list[SourceFile] = []
-        for path in expand_paths(paths):
-            try:
-                files.append(load_file(path))
-            except DocumentError as exc:
-                if not skip_errors:
-                    raise
-                result.skipped.append(str(exc))
-        existed = collection in self.collections()
-        col = self._collection(collection, create=True)
-        chunking = f"{chunk_size}/{chunk_overlap}"
-        delete_ids: list[str] = []
-        new_docs: list[Document] = []
-        for f in files:
-            old = col.get(where={"path": f.path}, include=["metadatas"])
-            stored = {(m.get("file_hash"), m.get("chunking")) for m in old["metadatas"]}
-            if stored == {(f.file_hash, chunking)}:
-                result.unchanged += 1
-                continue
-            if old["ids"]:
-                result.replaced += 1
-                delete_ids.extend(old["ids"])
-            else:
-                result.added += 1
-            new_docs.extend(Document(d.id, d.text, {**d.metadata, "chunking": chunking})
-                            for d in chunk_file(f, chunk_size, chunk_overlap))
-        result.load_seconds = time.perf_counter() - start
-        self._write(col, delete_ids, new_docs, result, drop_if_empty=not existed)
-        log.info("ingest into %s: %d added, %d replaced, %d unchanged files; %d chunks", collection, result.added,
-                 result.replaced, result.unchanged, result.chunks)
-        return result
+        from mastery.retrieval.ingest import ingest_files
+
+        return ingest_files(self, paths, collection, chunk_size, chunk_overlap, skip_errors, max_file_mb, progress)
 
     def ingest_documents(self, docs: Sequence[Document], collection: str,
                          list_fields: Sequence[str] = ()) -> IngestResult:
         """Store ready Documents (e.g. ATT&CK techniques) by id: new ids are added, ids whose content hash
-        changed are replaced, the rest left alone. Each comma-separated string field named in ``list_fields``
-        is also stored as a list ``<field>_list``, so ``where={"tactics_list": {"$contains": "persistence"}}``
-        filters on one value."""
-        ids = [d.id for d in docs]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise KnowledgeBaseError(f"duplicate document id {dup!r}; ids must be unique")
-        if empty := [d.id for d in docs if not d.text.strip()]:
-            raise KnowledgeBaseError(f"document {empty[0]!r} has no text")
-        existed = collection in self.collections()
-        col = self._collection(collection, create=True)
-        result = IngestResult()
-        stored: dict[str, str] = {}
-        for batch in _batches(ids, self.write_batch):
-            got = col.get(ids=batch, include=["metadatas"])
-            stored.update({i: (m or {}).get("content_hash", "") for i, m in zip(got["ids"], got["metadatas"],
-                                                                                strict=True)})
-        new_docs, delete_ids = [], []
-        for d in docs:
-            meta = {**d.metadata, "content_hash": d.content_hash}
-            for name in list_fields:
-                values = [v.strip() for v in str(d.metadata.get(name, "")).split(",") if v.strip()]
-                if values:
-                    meta[f"{name}_list"] = values
-            if d.id not in stored:
-                result.added += 1
-            elif stored[d.id] == d.content_hash:
-                result.unchanged += 1
-                continue
-            else:
-                result.replaced += 1
-                delete_ids.append(d.id)
-            new_docs.append(Document(d.id, d.text, meta))
-        self._write(col, delete_ids, new_docs, result, drop_if_empty=not existed)
-        return result
+        changed are replaced (upsert: each document atomically), the rest left alone. Each comma-separated
+        string field named in ``list_fields`` is also stored as a list ``<field>_list``, so
+        ``where={"tactics_list": {"$contains": "persistence"}}`` filters on one value."""
+        from mastery.retrieval.ingest import ingest_documents
 
-    def _write(self, col: Any, delete_ids: list[str], docs: list[Document], result: IngestResult,
-               drop_if_empty: bool = False) -> None:
-        """Embed ``docs``, then delete ``delete_ids`` and add ``docs``, undoing everything if a write fails
-        (``drop_if_empty``: the collection was created for this ingest, so a failure removes it again)."""
-        try:
-            self._embed_and_apply(col, delete_ids, docs, result)
-        except BaseException:
-            if drop_if_empty and col.count() == 0:
-                self.client.delete_collection(col.name)
-            raise
-
-    def _embed_and_apply(self, col: Any, delete_ids: list[str], docs: list[Document], result: IngestResult) -> None:
-        start = time.perf_counter()
-        vectors = self.embedder.embed([d.text for d in docs]) if docs else np.zeros((0, 0), np.float32)
-        result.embed_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        backup = _get_records(col, delete_ids, self.write_batch)
-        attempted: list[str] = []  # every id we tried to add; none existed before (see _rollback)
-        deleted = False
-        try:
-            for batch in _batches(delete_ids, self.write_batch):
-                col.delete(ids=batch)
-                deleted = True
-            for lo in range(0, len(docs), self.write_batch):
-                part = docs[lo:lo + self.write_batch]
-                attempted.extend(d.id for d in part)
-                col.add(ids=[d.id for d in part], embeddings=vectors[lo:lo + len(part)],
-                        documents=[d.text for d in part], metadatas=[d.metadata for d in part])
-        except Exception as exc:
-            self._rollback(col, attempted, backup if deleted else None)
-            raise KnowledgeBaseError(f"writing to collection {col.name!r} failed ({type(exc).__name__}: {exc}); "
-                                     "the collection was restored to its previous state") from exc
-        result.chunks += len(docs)
-        result.deleted_chunks += len(delete_ids)
-        result.write_seconds = time.perf_counter() - start
-
-    def _rollback(self, col: Any, attempted: list[str], backup: dict[str, Any] | None) -> None:
-        # The ids we tried to add were all absent before this write (new files' ids derive from their
-        # new path; replaced ids were deleted first), so removing them cannot remove older data.
-        try:
-            for batch in _batches(attempted, self.write_batch):
-                col.delete(ids=batch)
-            if backup and backup["ids"]:
-                for lo in range(0, len(backup["ids"]), self.write_batch):
-                    hi = lo + self.write_batch
-                    col.add(ids=backup["ids"][lo:hi], embeddings=backup["embeddings"][lo:hi],
-                            documents=backup["documents"][lo:hi], metadatas=backup["metadatas"][lo:hi])
-        except Exception as exc:  # pragma: no cover - the store itself is failing
-            raise KnowledgeBaseError(f"writing to collection {col.name!r} failed and so did restoring it ({exc}); "
-                                     "re-ingest the files to repair it") from exc
+        return ingest_documents(self, docs, collection, list_fields)
 
     # -- retrievers --------------------------------------------------------------------------------
     def retriever(self, collection: str, kind: str = "hybrid", where: dict[str, Any] | None = None, *,
@@ -380,7 +277,7 @@ class KnowledgeBase:
             return []
         vector = self.embedder.embed([text])
         try:
-            res = col.query(query_embeddings=vector, n_results=min(k, n), where=where or None,
+            res = col.query(query_embeddings=vector, n_results=min(k, n), where=_visible(col, where),
                             include=["documents", "metadatas", "distances"])
         except Exception as exc:  # a malformed filter: ValueError / InvalidArgumentError / HTTP 400
             if where:
@@ -495,12 +392,26 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _get_all(col: Any, include: list[str]) -> dict[str, list[Any]]:
-    """Everything in a collection, paged (Chroma caps one get)."""
+def _hidden(col: Any) -> list[str]:
+    """Versions whose chunks reads skip, from the manifest in the collection's metadata."""
+    return list(json.loads((col.metadata or {}).get(HIDDEN_KEY, "[]")))
+
+
+def _visible(col: Any, where: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """``where`` restricted to committed chunks; unchanged (no extra filter) when nothing is hidden."""
+    hidden = _hidden(col)
+    if not hidden:
+        return where or None
+    skip = {VERSION_FIELD: {"$nin": hidden}}  # chunks without a version (ready documents) pass
+    return {"$and": [where, skip]} if where else skip
+
+
+def _get_all(col: Any, include: list[str], where: dict[str, Any] | None = None) -> dict[str, list[Any]]:
+    """Everything in a collection (matching ``where``), paged (Chroma caps one get)."""
     out: dict[str, list[Any]] = {"ids": [], **{k: [] for k in include}}
     offset, page = 0, 5000
     while True:
-        got = col.get(include=include, limit=page, offset=offset)
+        got = col.get(include=include, limit=page, offset=offset, where=where)
         for key in out:
             out[key].extend(got[key] if got[key] is not None else [])
         if len(got["ids"]) < page:
