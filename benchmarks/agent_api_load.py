@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from mastery.agents.resilience import RetryPolicy, parse_price_table
-from mastery.eval.agent_api_fixtures import EXAMPLE_PRICES, FALLBACK_MODEL, PRIMARY_MODEL, demo_script, demo_tools
+from mastery.eval.agent_api_fixtures import (
+    EXAMPLE_PRICES,
+    FALLBACK_MODEL,
+    PRIMARY_MODEL,
+    demo_keys,
+    demo_script,
+    demo_tools,
+)
 from mastery.llm.scripted import Fault, ScriptedLLM, create_scripted_app
 from mastery.serving.agent_api import AgentAPISettings, create_app
 from mastery.serving.agent_runs import BackendSpec, RunnerSettings
@@ -62,14 +69,16 @@ async def _one(client: Any, i: int, deadline: float) -> dict[str, Any]:
             "refused": refused, "id": run_id}
 
 
-async def _load(url: str, runs: int, concurrency: int, max_seconds: float) -> tuple[list[dict[str, Any]], float]:
+async def _load(url: str, token: str, runs: int, concurrency: int,
+                max_seconds: float) -> tuple[list[dict[str, Any]], float]:
     import httpx
 
     deadline = time.perf_counter() + max_seconds
     out: list[dict[str, Any]] = []
     state = {"next": 0}
     limits = httpx.Limits(max_connections=2 * concurrency)
-    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=120.0, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=120.0, limits=limits,
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
         start = time.perf_counter()
 
         async def worker() -> None:
@@ -89,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="the API's worker threads")
     parser.add_argument("--queue", type=int, default=8, help="the API's queue limit (more runs get 429)")
     parser.add_argument("--timeout-every", type=int, default=4, help="the primary times out on every Nth call")
-    parser.add_argument("--timeout", type=float, default=0.3, help="client timeout per LLM call (s)")
+    parser.add_argument("--timeout", dest="llm_timeout", type=float, default=0.3,
+                        help="client timeout per LLM call (s)")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="stop starting runs after this long")
     args = parser.parse_args(argv)
     if not (1 <= args.runs <= 5000 and 1 <= args.concurrency <= 128 and args.timeout_every >= 1):
@@ -109,9 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                                 workers=args.workers, queue_limit=args.queue,
                                 llm_retry=RetryPolicy(attempts=2, base_s=0.05, max_s=0.5),
                                 tool_retry=RetryPolicy(attempts=2, base_s=0.05, max_s=0.5))
-        app = create_app(AgentAPISettings(db_path=Path(tmp) / "runs.db", runner=runner, default_timeout_s=60.0))
+        keys, tokens = demo_keys(tmp, ("bench",))
+        app = create_app(AgentAPISettings(db_path=Path(tmp) / "runs.db", runner=runner, default_timeout_s=60.0,
+                                          keys=keys))
         with ServerThread(app) as api:
-            results, seconds = asyncio.run(_load(api.url, args.runs, args.concurrency, args.max_seconds))
+            results, seconds = asyncio.run(_load(api.url, tokens["bench"], args.runs, args.concurrency,
+                                                 args.max_seconds))
             stored = app.state.store.counts()
         app.state.close()
     started = [r for r in results if r["started"]]

@@ -3,10 +3,12 @@ and the questions for the runs on a real LLM. The lab, its tests and the load be
 
     primary = ScriptedLLM(demo_script(), model=PRIMARY_MODEL)        # mastery.llm.scripted
     runner = RunnerSettings(backends=..., tools=demo_tools(), prices=parse_price_table(EXAMPLE_PRICES))
+    keys, tokens = demo_keys(tmp)                                     # a key file with one key per DEMO_OWNERS
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 PRIMARY_MODEL = "gpt-4o-mini"  # the scripted primary is priced as this hosted model (example list price)
@@ -17,6 +19,16 @@ EXAMPLE_PRICES = {"note": "example list prices (USD per 1M tokens), for illustra
 # (question, the number a correct answer contains) for the runs on the embedded LLM
 EMBEDDED_QUESTIONS = [("What is 17 * 23 + 5?", "396"), ("What is (123 + 456) * 2?", "1158"),
                       ("What is 2 ** 10 - 24?", "1000"), ("What is sqrt(144) * 3?", "36")]
+
+DEMO_OWNERS = ("l24", "intruder")  # the lab's client, and a second key holder who must not see its runs
+
+
+def demo_keys(folder: str | Path, owners: tuple[str, ...] = DEMO_OWNERS) -> tuple[Any, dict[str, str]]:
+    """A fresh key file in ``folder`` with one key per owner: ``(KeyStore, {owner: token})``."""
+    from mastery.serving.auth import KeyStore
+
+    store = KeyStore(Path(folder) / "api-keys.json")
+    return store, {owner: store.create(owner)[1] for owner in owners}
 
 
 def demo_tools() -> list[Any]:

@@ -4,8 +4,11 @@ The lab starts two scripted OpenAI-compatible LLM servers (primary and fallback,
 demand) and the agent API, each under uvicorn on 127.0.0.1, and talks to the API only over HTTP: normal
 runs, a primary that times out (the fallback answers), a flaky 503 primary (retries succeed), a dropped
 connection, a tool that always fails, a run past its deadline, idempotent retries of a POST, SSE streams
-checked against the stored steps, a restart on the same SQLite file, and schemathesis fuzzing. The full
-preset adds runs on the embedded LLM (Qwen2.5-Coder-0.5B under llama.cpp) and more fuzz cases.
+checked against the stored steps, a restart on the same SQLite file, and schemathesis fuzzing. Every
+request carries an API key (a key file made in the lab's temp folder); the security probes check that a
+missing or revoked key gets 401, another owner's run 404, a reused Idempotency-Key a 409 that leaks nothing,
+a request for the python tool 422, and a foreign Host header 400. The full preset adds runs on the embedded
+LLM (Qwen2.5-Coder-0.5B under llama.cpp) and more fuzz cases.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
@@ -26,10 +32,11 @@ from mastery.eval.agent_api_fixtures import (
     EXAMPLE_PRICES,
     FALLBACK_MODEL,
     PRIMARY_MODEL,
+    demo_keys,
     demo_script,
     demo_tools,
 )
-from mastery.serving.agent_client import wait_result
+from mastery.serving.agent_client import api_client, wait_result
 
 TRACE_ID = "l24-trace-0001"
 
@@ -39,18 +46,21 @@ REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
 
 @dataclass(frozen=True)
 class Config:
-    llm_timeout_s: float = 0.5  # per LLM call; the "timeout" fault answers after timeout_delay_s
-    timeout_delay_s: float = 1.0
-    slow_delay_s: float = 0.3  # every call of the per-run-timeout scenario takes this long (no client timeout)
-    run_timeout_s: float = 1.0  # that scenario's deadline
-    llm_attempts: int = 3
-    backoff_base_s: float = 0.05
-    backoff_max_s: float = 0.4
-    fuzz_examples: int = 25  # schemathesis cases per operation and mode
-    burst_runs: int = 12  # runs posted at once against 2 workers + queue: all must finish
+    # per LLM call; the "timeout" fault answers after timeout_delay_s
+    llm_timeout_s: Annotated[float, Interval(gt=0, le=600)] = 0.5
+    timeout_delay_s: Annotated[float, Interval(gt=0, le=600)] = 1.0
+    # every call of the per-run-timeout scenario takes this long (no client timeout)
+    slow_delay_s: Annotated[float, Interval(gt=0, le=600)] = 0.3
+    run_timeout_s: Annotated[float, Interval(ge=1, le=3600)] = 1.0  # that scenario's deadline
+    llm_attempts: Annotated[int, Interval(ge=1, le=100)] = 3
+    backoff_base_s: Annotated[float, Interval(ge=0, le=60)] = 0.05
+    backoff_max_s: Annotated[float, Interval(ge=0, le=600)] = 0.4
+    fuzz_examples: Annotated[int, Interval(ge=1, le=1000)] = 25  # schemathesis cases per operation and mode
+    # runs posted at once against 2 workers + queue: all must finish
+    burst_runs: Annotated[int, Interval(ge=1, le=200)] = 12
     embedded_runs: bool = False  # full: also run real questions on the embedded LLM
-    embedded_timeout_s: float = 120.0
-    min_embedded_answered: float = 0.25  # the 0.5B model's quality is L21's subject; here: the service works
+    embedded_timeout_s: Annotated[float, Interval(gt=0, le=3600)] = 120.0
+    min_embedded_answered: Fraction = 0.25  # the 0.5B model's quality is L21's subject; here: the service works
     seed: int = 0
 
     def validate(self) -> None:
@@ -60,10 +70,8 @@ class Config:
             raise ConfigError("need 0 < llm_timeout_s < timeout_delay_s (the timeout fault must outlast the client)")
         if not 0 < self.slow_delay_s < self.llm_timeout_s or self.run_timeout_s < 1.0:
             raise ConfigError("need 0 < slow_delay_s < llm_timeout_s and run_timeout_s >= 1")
-        if self.llm_attempts < 1 or self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
-            raise ConfigError("llm_attempts must be >= 1 and 0 <= backoff_base_s <= backoff_max_s")
-        if not 1 <= self.fuzz_examples <= 1000 or not 1 <= self.burst_runs <= 200:
-            raise ConfigError("fuzz_examples must be in 1..1000 and burst_runs in 1..200")
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ConfigError("need backoff_base_s <= backoff_max_s")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.
@@ -101,20 +109,23 @@ def _run(config: Config, progress: Progress, tmp: Path) -> Report:
     primary, fallback = ScriptedLLM(demo_script(), model=PRIMARY_MODEL), ScriptedLLM(demo_script(),
                                                                                      model=FALLBACK_MODEL)
     db = tmp / "runs.db"
+    keys, tokens = demo_keys(tmp)  # the key file lives and dies with the lab's temp folder
+    token = tokens["l24"]
     with _quiet(), ServerThread(create_scripted_app(primary)) as p_srv, \
             ServerThread(create_scripted_app(fallback)) as f_srv:
         backends = _backends(config, p_srv.url, f_srv.url)
-        app = _api(config, db, backends, prices)
+        app = _api(config, db, backends, prices, keys)
         with ServerThread(app) as api:
-            rows = _scenarios(report, config, api.url, primary, progress)
-            _idempotency(report, api.url)
-            _burst(report, config, api.url, primary)
-            _errors_and_logs(report, api.url)
-            fuzz = _fuzz(report, config, api.url, progress)
+            rows = _scenarios(report, config, api.url, token, primary, progress)
+            _idempotency(report, api.url, token)
+            _burst(report, config, api.url, token, primary)
+            _errors_and_logs(report, api.url, token)
+            _security(report, api.url, keys, tokens)
+            fuzz = _fuzz(report, config, api.url, token, progress)
         app.state.close()
-        _restart(report, config, db, backends, prices, {r["id"]: r["status"] for r in rows})
+        _restart(report, config, db, backends, prices, keys, token, {r["id"]: r["status"] for r in rows})
     if config.embedded_runs:
-        _embedded(report, config, tmp, prices, progress)
+        _embedded(report, config, tmp, prices, keys, token, progress)
     _figure(report, rows)
     report.note(
         "Resilience: the API's LLM is FallbackChat([RetryingChat(primary), RetryingChat(fallback)]). A call that "
@@ -141,8 +152,8 @@ def _backends(config: Config, primary_url: str, fallback_url: str) -> list[Any]:
             BackendSpec("fallback", fallback_url + "/v1", FALLBACK_MODEL, timeout_s=config.llm_timeout_s)]
 
 
-def _api(config: Config, db: Path, backends: list[Any], prices: Any, workers: int = 2, queue_limit: int = 64,
-         agent_mode: str = "native") -> Any:
+def _api(config: Config, db: Path, backends: list[Any], prices: Any, keys: Any, workers: int = 2,
+         queue_limit: int = 64, agent_mode: str = "native") -> Any:
     """The API app. Scripted LLMs answer with native tool calls turn by turn, hence "native"; the embedded
     model runs in the service's default text mode."""
     from mastery.agents.resilience import RetryPolicy
@@ -153,7 +164,7 @@ def _api(config: Config, db: Path, backends: list[Any], prices: Any, workers: in
     tool_policy = RetryPolicy(attempts=2, base_s=config.backoff_base_s, max_s=config.backoff_max_s)
     runner = RunnerSettings(backends=backends, tools=demo_tools(), prices=prices, workers=workers,
                             queue_limit=queue_limit, llm_retry=policy, tool_retry=tool_policy, agent_mode=agent_mode)
-    return create_app(AgentAPISettings(db_path=db, runner=runner, default_timeout_s=30.0))
+    return create_app(AgentAPISettings(db_path=db, runner=runner, default_timeout_s=30.0, keys=keys))
 
 
 def _faults(config: Config, spec: list[tuple[str, dict[str, Any]]]) -> list[Any]:
@@ -170,12 +181,11 @@ def _faults(config: Config, spec: list[tuple[str, dict[str, Any]]]) -> list[Any]
     return out
 
 
-def _scenarios(report: Report, config: Config, url: str, primary: Any, progress: Progress) -> list[dict[str, Any]]:
-    import httpx
-
+def _scenarios(report: Report, config: Config, url: str, token: str, primary: Any,
+               progress: Progress) -> list[dict[str, Any]]:
     progress.stage("scenarios", len(SCENARIOS))
     rows, good, sse_ok = [], 0, 0
-    with httpx.Client(base_url=url, trust_env=False, timeout=60.0) as client:
+    with api_client(url, token, timeout=60.0) as client:
         # one unreported warm-up run: the first run in a process pays for lazy imports in the OpenAI SDK
         wait_result(client, client.post("/runs", json={"question": "What is 6 * 7? [warm-up]"}).json()["id"])
         for name, question, faults, options, expected in SCENARIOS:
@@ -234,11 +244,9 @@ def _scenarios(report: Report, config: Config, url: str, primary: Any, progress:
     return rows
 
 
-def _idempotency(report: Report, url: str) -> None:
-    import httpx
-
+def _idempotency(report: Report, url: str, token: str) -> None:
     body = {"question": "What is 17 * 23? [idempotent]", "max_steps": 3}
-    with httpx.Client(base_url=url, trust_env=False, timeout=30.0) as client:
+    with api_client(url, token, timeout=30.0) as client:
         first = client.post("/runs", json=body, headers={"Idempotency-Key": "l24-key-1"})
         again = client.post("/runs", json=body, headers={"Idempotency-Key": "l24-key-1"})
         other = client.post("/runs", json={**body, "max_steps": 4}, headers={"Idempotency-Key": "l24-key-1"})
@@ -250,14 +258,12 @@ def _idempotency(report: Report, url: str) -> None:
                  f"{first.status_code}, {again.status_code}, {other.status_code}")
 
 
-def _burst(report: Report, config: Config, url: str, primary: Any) -> None:
+def _burst(report: Report, config: Config, url: str, token: str, primary: Any) -> None:
     """``burst_runs`` runs posted at once (2 workers) with a primary that fails every third call: none is lost."""
-    import httpx
-
     from mastery.llm.scripted import Fault
 
     primary.set_faults([Fault("http_503", every=3)])
-    with httpx.Client(base_url=url, trust_env=False, timeout=60.0) as client:
+    with api_client(url, token, timeout=60.0) as client:
         ids = [client.post("/runs", json={"question": f"What is 17 * 23? [burst {i}]"}).json()["id"]
                for i in range(config.burst_runs)]
         finals = [wait_result(client, i)[1] for i in ids]
@@ -271,14 +277,12 @@ def _burst(report: Report, config: Config, url: str, primary: Any) -> None:
                  f"{answered}/{config.burst_runs}")
 
 
-def _errors_and_logs(report: Report, url: str) -> None:
-    import httpx
-
+def _errors_and_logs(report: Report, url: str, token: str) -> None:
     bad = [({"question": ""}, "question"), ({"question": "hi", "max_steps": 99}, "max_steps"),
            ({"question": "hi", "tools": ["rm -rf"]}, "tools.0"), ({"question": "hi", "timeout_s": 0.1}, "timeout_s"),
            ({"question": "hi", "extra": 1}, "extra")]
     named = 0
-    with httpx.Client(base_url=url, trust_env=False, timeout=30.0) as client:
+    with api_client(url, token, timeout=30.0) as client:
         for body, field in bad:
             r = client.post("/runs", json=body)
             named += r.status_code == 422 and field in r.json()["error"]
@@ -292,12 +296,58 @@ def _errors_and_logs(report: Report, url: str) -> None:
                  traced.headers.get("x-request-id", ""))
 
 
-def _fuzz(report: Report, config: Config, url: str, progress: Progress) -> Any:
+def _security(report: Report, url: str, keys: Any, tokens: dict[str, str]) -> None:
+    """The attacks the service must refuse, each sent over HTTP; ``security_probes_refused`` counts the refusals."""
+    port = url.rsplit(":", 1)[1]
+    with api_client(url, tokens["l24"], timeout=30.0) as mine, api_client(url, tokens["intruder"]) as intruder, \
+            api_client(url, None) as anonymous, api_client(url, "mst_" + "0" * 43) as forged:
+        secret = {"question": "What is 17 * 23? [private]", "max_steps": 3}
+        run = mine.post("/runs", json=secret, headers={"Idempotency-Key": "l24-private"}).json()["id"]
+        wait_result(mine, run)
+        reuse = intruder.post("/runs", json={**secret, "max_steps": 4}, headers={"Idempotency-Key": "l24-private"})
+        if reuse.status_code == 202:  # scoped per owner: the intruder's own key, so its own new run
+            wait_result(intruder, reuse.json()["id"])
+        conflict = mine.post("/runs", json={**secret, "max_steps": 4}, headers={"Idempotency-Key": "l24-private"})
+        revoked_key, revoked_token = keys.create("l24-revoked")
+        keys.revoke(revoked_key.id)
+        with api_client(url, revoked_token) as revoked:
+            probes = [
+                ("no API key: POST /runs", anonymous.post("/runs", json=secret), 401),
+                ("no API key: GET /runs/{id}", anonymous.get(f"/runs/{run}"), 401),
+                ("forged API key", forged.get(f"/runs/{run}"), 401),
+                ("revoked API key", revoked.get(f"/runs/{run}"), 401),
+                ("another owner: GET /runs/{id}", intruder.get(f"/runs/{run}"), 404),
+                ("another owner: GET /runs/{id}/events", intruder.get(f"/runs/{run}/events"), 404),
+                ("another owner's Idempotency-Key", reuse, 202),
+                ("reused Idempotency-Key, other body", conflict, 409),
+                ("python tool asked by request", mine.post("/runs", json={**secret, "tools": ["python"]}), 422),
+                ("Host: attacker.example (DNS rebinding)",
+                 mine.get(f"/runs/{run}", headers={"Host": f"attacker.example:{port}"}), 400)]
+    rows, refused = [], 0
+    for name, response, expected in probes:
+        # a leak: the private question, or (in the 409) the run id; a 404 may echo the id the caller sent
+        leaked = "[private]" in response.text or (expected == 409 and run in response.text)
+        ok = response.status_code == expected and not leaked
+        refused += ok
+        rows.append({"probe": name, "status": response.status_code, "expected": expected,
+                     "www_authenticate": response.headers.get("www-authenticate", ""),
+                     "leaks_the_run": leaked, "ok": ok})
+    report.table("Security probes (each over HTTP against the running API)", rows)
+    report.metric("security_probes", len(probes))
+    report.metric("security_probes_refused", refused)
+    report.check("security_probes", refused == len(probes), "no key, a forged or revoked key -> 401; another owner's "
+                 "run -> 404; an Idempotency-Key is the owner's own and a conflicting reuse is 409 naming nothing; "
+                 "the python tool by request -> 422; a foreign Host -> 400", f"{refused}/{len(probes)}")
+
+
+def _fuzz(report: Report, config: Config, url: str, token: str, progress: Progress) -> Any:
     from mastery.serving.fuzz import fuzz_api
 
     progress.stage("schemathesis fuzzing", None)
     start = time.perf_counter()
-    result = fuzz_api(url, max_examples=config.fuzz_examples, seed=config.seed)
+    # with the API key, so the cases reach the inputs behind authentication (the probes cover the 401s)
+    result = fuzz_api(url, max_examples=config.fuzz_examples, seed=config.seed,
+                      headers={"Authorization": f"Bearer {token}"})
     report.timing("fuzz_seconds", time.perf_counter() - start)
     failures = result.failures()
     report.metric("fuzz_cases", result.cases)
@@ -326,20 +376,19 @@ def _fuzz(report: Report, config: Config, url: str, progress: Progress) -> Any:
     return result
 
 
-def _restart(report: Report, config: Config, db: Path, backends: list[Any], prices: Any,
+def _restart(report: Report, config: Config, db: Path, backends: list[Any], prices: Any, keys: Any, token: str,
              before: dict[str, str]) -> None:
     """A new app on the same SQLite file: old runs read back unchanged; one left 'queued' reads 'interrupted'."""
-    import httpx
-
     from mastery.serving.agent_runs import RunStore
     from mastery.serving.server import ServerThread
 
     store = RunStore(db)  # a run accepted but never executed: what a crash between POST and the worker leaves
     orphan, _ = store.create("a question the crashed server never ran", {"max_steps": 3, "timeout_s": 30.0,
-                                                                          "tools": ["calculator"]}, "", None, "x")
+                                                                          "tools": ["calculator"]}, "", None, "x",
+                            owner="l24")
     store.close()
-    app = _api(config, db, backends, prices)
-    with ServerThread(app) as api, httpx.Client(base_url=api.url, trust_env=False, timeout=30.0) as client:
+    app = _api(config, db, backends, prices, keys)
+    with ServerThread(app) as api, api_client(api.url, token, timeout=30.0) as client:
         after = {i: client.get(f"/runs/{i}").json()["status"] for i in before}
         orphan_status = client.get(f"/runs/{orphan}").json()["status"]
     app.state.close()
@@ -350,10 +399,9 @@ def _restart(report: Report, config: Config, db: Path, backends: list[Any], pric
                  f"{kept}/{len(before)}, orphan {orphan_status}")
 
 
-def _embedded(report: Report, config: Config, tmp: Path, prices: Any, progress: Progress) -> None:
+def _embedded(report: Report, config: Config, tmp: Path, prices: Any, keys: Any, token: str,
+              progress: Progress) -> None:
     """Real runs: the API over the embedded LLM (a running `mastery llm serve`, else one started here)."""
-    import httpx
-
     from mastery.llm.client import open_client
     from mastery.llm.settings import load_settings
     from mastery.serving.agent_runs import BackendSpec
@@ -365,10 +413,9 @@ def _embedded(report: Report, config: Config, tmp: Path, prices: Any, progress: 
     with open_client(load_settings()) as llm:
         where = llm.device
         backends = [BackendSpec("embedded", llm.base_url, llm.model, timeout_s=config.embedded_timeout_s)]
-        app = _api(config, tmp / "embedded.db", backends, prices, agent_mode="text")
+        app = _api(config, tmp / "embedded.db", backends, prices, keys, agent_mode="text")
         rows, answered, correct = [], 0, 0
-        with _quiet(), ServerThread(app) as api, \
-                httpx.Client(base_url=api.url, trust_env=False, timeout=600.0) as client:
+        with _quiet(), ServerThread(app) as api, api_client(api.url, token, timeout=600.0) as client:
             ids = [client.post("/runs", json={"question": q, "tools": ["calculator"], "max_steps": 4,
                                               "timeout_s": 300}).json()["id"] for q, _ in EMBEDDED_QUESTIONS]
             for i, (run_id, (question, expected)) in enumerate(zip(ids, EMBEDDED_QUESTIONS, strict=True)):

@@ -103,14 +103,14 @@ class KeyStore:
         return cls(default_keys_file())
 
     # -- reading ----------------------------------------------------------------------------------
-    def keys(self) -> list[ApiKey]:
+    def list_keys(self) -> list[ApiKey]:
         """Every key in the file (revoked ones too), read again if the file changed since the last read."""
         with self._lock:
             self._refresh()
             return list(self._keys)
 
     def active_owners(self) -> list[str]:
-        return sorted({k.owner for k in self.keys() if k.active})
+        return sorted({k.owner for k in self.list_keys() if k.active})
 
     def owner_of(self, token: str | None) -> str | None:
         """The owner of an active key whose token this is, else None (constant time in the token)."""
@@ -118,7 +118,7 @@ class KeyStore:
             return None
         digest = hash_token(token)
         found = None
-        for key in self.keys():
+        for key in self.list_keys():
             # compare against every key, never stopping early, so timing does not tell how far a guess got
             if hmac.compare_digest(digest, key.sha256) and key.active:
                 found = key.owner
@@ -147,7 +147,7 @@ class KeyStore:
                               "or digit)")
         token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
         with self._locked():
-            keys = self.keys()
+            keys = self.list_keys()
             ids = {k.id for k in keys}
             key_id = secrets.token_hex(4)
             while key_id in ids:
@@ -161,7 +161,7 @@ class KeyStore:
     def revoke(self, key_id: str) -> ApiKey:
         """Mark a key revoked (kept in the file, so ``keys list`` still shows who had it)."""
         with self._locked():
-            keys = self.keys()
+            keys = self.list_keys()
             match = [k for k in keys if k.id == key_id]
             if not match:
                 raise ConfigError(f"no API key {key_id!r} in {self.path} (see 'mastery keys list')")

@@ -45,7 +45,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
-    keys = store.keys()
+    keys = store.list_keys()
     if args.json:
         _out(json.dumps([{"id": k.id, "owner": k.owner, "prefix": k.prefix, "created_at": k.created_at,
                           "revoked_at": k.revoked_at} for k in keys]))
