@@ -237,6 +237,7 @@ def test_embedding_cache_is_keyed_and_reused(monkeypatch):
 
 
 def test_lab_config_validation():
+    from mastery.core.config import validate_config
     from mastery.core.labs import load_lab
 
     lab = load_lab("l17").module  # through the lab registry: only it and the CLI import mastery.labs
@@ -246,4 +247,4 @@ def test_lab_config_validation():
     assert PRESETS["full"].nlist(1_000_000) == 4000
     for bad in (Config(nprobe=3), Config(sizes=()), Config(hnsw_ef=7), Config(dim=0), Config(sizes=(50,))):
         with pytest.raises(ConfigError):
-            bad.validate()
+            validate_config(bad)  # declared ranges, then the relations in Config.validate

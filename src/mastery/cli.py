@@ -71,6 +71,11 @@ def cmd_labs_run(args: argparse.Namespace) -> int:
 
     lab = load_lab(args.lab)
     config = lab.config(args.preset, args.set or [])
+    if args.dry_run:  # validated (types, ranges, the lab's own checks): show what would run
+        from mastery.core.config import config_to_dict
+
+        _out(json.dumps({"lab": lab.lesson.id, "preset": args.preset, "config": config_to_dict(config)}, indent=2))
+        return 0
     progress = _progress(lab.lesson.id, args)
     report = run_lab(lab, config, args.preset, progress)
     out_dir = report.write(run_directory(runs_root(args.out), lab.lesson.id))
@@ -379,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--track", action="store_true", help="log params, metrics and artifacts to MLflow")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and print it as JSON; run nothing")
     p.set_defaults(func=cmd_labs_run)
     p = lsub.add_parser("table", help="the README's lab table (headline metrics as recorded)")
     p.add_argument("--write", action="store_true", help="rewrite the table in README.md")

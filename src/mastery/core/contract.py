@@ -7,8 +7,11 @@ all 44 alike without knowing any of them:
 - ``Config``: a *frozen* dataclass whose fields the CLI can set (bool, int, float, str, ``X | None``,
   ``tuple[X, ...]``, ``Literal[...]``), with ``seed: int``; a field with a fixed set of values is a
   ``Literal`` (checked by :func:`mastery.core.config.check_literals` for every config), never a
-  hand-written ``if self.x not in (...)`` inside ``validate``;
-- ``PRESETS`` with ``tiny`` and ``full``, both instances of ``Config`` that pass their own validation;
+  hand-written ``if self.x not in (...)`` inside ``validate``; every int or float field declares its
+  range (``Annotated[int, Interval(ge=1, le=1000)]``, checked by
+  :func:`mastery.core.config.check_fields`) or is marked ``Unbounded("why")``;
+- ``PRESETS`` with ``tiny`` and ``full``, both instances of ``Config`` that pass
+  :func:`mastery.core.config.validate_config` (types, ranges, then the config's own ``validate``);
 - ``HEADLINE``: the metric names that summarise a run, declared once (the README table and the
   conformance test read them from here);
 - ``REQUIRES``: the registered assets (datasets, shelf models) a run reads, so the demo can say what
@@ -70,7 +73,7 @@ def _hand_written_choices(config_cls: type) -> list[str]:
 def check_lab(module: ModuleType) -> list[str]:
     """Every way ``module`` breaks the lab contract, one line each (an empty list: it conforms)."""
     from mastery.assets.catalog import ASSETS
-    from mastery.core.config import check_literals
+    from mastery.core.config import has_range, numeric_fields, validate_config
     from mastery.core.errors import MasteryError
 
     name = module.__name__.rsplit(".", 1)[-1]
@@ -95,6 +98,10 @@ def check_lab(module: ModuleType) -> list[str]:
         fail("Config has no 'seed: int' field")
     for field_name in _hand_written_choices(config_cls):
         fail(f"Config.{field_name}: a hand-written choice check in validate(); declare it as Literal[...]")
+    for field_name, metadata in numeric_fields(config_cls).items():
+        if not has_range(field_name, metadata):
+            fail(f"Config.{field_name}: a number without a range; declare it, e.g. "
+                 f"Annotated[int, Interval(ge=1, le=1000)], or mark it Unbounded('why')")
 
     presets = getattr(module, "PRESETS", None)
     if not isinstance(presets, dict) or not {"tiny", "full"} <= set(presets):
@@ -105,10 +112,7 @@ def check_lab(module: ModuleType) -> list[str]:
                 fail(f"PRESETS[{preset!r}] is not a Config")
                 continue
             try:
-                check_literals(config)
-                validate = getattr(config, "validate", None)
-                if callable(validate):
-                    validate()
+                validate_config(config)
             except MasteryError as exc:
                 fail(f"PRESETS[{preset!r}] does not validate: {exc}")
 

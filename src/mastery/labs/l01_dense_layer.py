@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Interval
 
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
@@ -18,19 +20,14 @@ REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
 
 @dataclass(frozen=True)
 class Config:
-    in_features: int = 64
-    out_features: int = 64
-    max_batch: int = 10_000
-    n_sizes: int = 9  # log-spaced batch sizes from 1 to max_batch
-    repeats: int = 3  # best-of timing repeats for the fast methods
-    loop_max_batch: int = 10_000  # the naive loop is timed up to this batch size
+    in_features: Annotated[int, Interval(ge=1, le=16_384)] = 64
+    out_features: Annotated[int, Interval(ge=1, le=16_384)] = 64
+    max_batch: Annotated[int, Interval(ge=1, le=1_000_000)] = 10_000
+    n_sizes: Annotated[int, Interval(ge=1, le=100)] = 9  # log-spaced batch sizes from 1 to max_batch
+    repeats: Annotated[int, Interval(ge=1, le=1000)] = 3  # best-of timing repeats for the fast methods
+    # the naive loop is timed up to this batch size
+    loop_max_batch: Annotated[int, Interval(ge=1, le=1_000_000)] = 10_000
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if min(self.in_features, self.out_features, self.max_batch, self.n_sizes, self.repeats) < 1:
-            raise ConfigError("in_features, out_features, max_batch, n_sizes and repeats must be >= 1")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

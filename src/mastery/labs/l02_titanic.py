@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Interval
 
+from mastery.core.config import Fraction
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
@@ -19,32 +21,21 @@ REQUIRES: tuple[str, ...] = ("titanic",)  # registered assets the tiny preset re
 
 @dataclass(frozen=True)
 class Config:
-    folds: int = 5  # stratified CV folds for the metrics, ROC and learning curves
-    curve_points: int = 8  # training-set sizes on the learning curve
+    folds: Annotated[int, Interval(ge=2, le=50)] = 5  # stratified CV folds for the metrics, ROC and learning curves
+    curve_points: Annotated[int, Interval(ge=2, le=100)] = 8  # training-set sizes on the learning curve
     engineered: bool = True  # add FamilySize, IsAlone and Title to the raw columns
-    c: float = 1.0  # inverse L2 strength, shared by sklearn and the from-scratch model
-    tree_max_depth: int | None = None  # None: grown until pure, the high-variance model
-    pruned_depth: int = 4  # a depth-limited tree, for contrast
-    gd_max_iter: int = 60_000
-    gd_tol: float = 1e-10  # stop when every gradient component is below this
-    min_logreg_f1: float = 0.70
-    min_logreg_roc_auc: float = 0.80
-    max_coef_diff: float = 1e-3  # from-scratch vs sklearn, largest absolute coefficient difference
+    # inverse L2 strength, shared by sklearn and the from-scratch model
+    c: Annotated[float, Interval(gt=0, le=1e6)] = 1.0
+    # None: grown until pure, the high-variance model
+    tree_max_depth: Annotated[int, Interval(ge=1, le=1000)] | None = None
+    pruned_depth: Annotated[int, Interval(ge=1, le=1000)] = 4  # a depth-limited tree, for contrast
+    gd_max_iter: Annotated[int, Interval(ge=1, le=10_000_000)] = 60_000
+    gd_tol: Annotated[float, Interval(gt=0, le=1)] = 1e-10  # stop when every gradient component is below this
+    min_logreg_f1: Fraction = 0.70
+    min_logreg_roc_auc: Fraction = 0.80
+    # from-scratch vs sklearn, largest absolute coefficient difference
+    max_coef_diff: Annotated[float, Interval(ge=0, le=10)] = 1e-3
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if self.folds < 2:
-            raise ConfigError("folds must be >= 2")
-        if self.curve_points < 2:
-            raise ConfigError("curve_points must be >= 2")
-        if self.c <= 0:
-            raise ConfigError("c must be > 0")
-        if self.gd_max_iter < 1 or self.gd_tol <= 0:
-            raise ConfigError("gd_max_iter must be >= 1 and gd_tol > 0")
-        if self.pruned_depth < 1 or (self.tree_max_depth is not None and self.tree_max_depth < 1):
-            raise ConfigError("tree depths must be >= 1")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Interval, MinLen
 
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
@@ -18,44 +19,41 @@ REQUIRES: tuple[str, ...] = ("house_prices",)  # registered assets the tiny pres
 
 @dataclass(frozen=True)
 class Config:
-    folds: int = 5
-    rows: int | None = None  # a random subsample of houses (tiny preset); None keeps all
+    folds: Annotated[int, Interval(ge=2, le=50)] = 5
+    # a random subsample of houses (tiny preset); None keeps all
+    rows: Annotated[int, Interval(ge=20, le=1_000_000)] | None = None
     drop_outliers: bool = True  # De Cock's advice: drop houses over 4,000 sq ft of living area
     also_with_outliers: bool = True  # re-run Ridge and XGBoost with those houses kept, for comparison
     engineered: bool = True  # TotalSF, TotalBath, ages, numeric quality grades
-    skew_threshold: float = 0.75  # log1p numeric columns whose |skewness| exceeds this
-    ridge_alphas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
-    pooled_min_frequency: int = 10  # least-squares variant that pools categories rarer than this
-    xgb_estimators: int = 2000
-    xgb_learning_rate: float = 0.02
-    xgb_max_depth: int = 3
-    rf_estimators: int = 300
-    rf_max_features: float = 0.33  # fraction of features tried per split: decorrelates the trees
-    top_features: int = 20
-    shap_rows: int | None = None  # houses explained by SHAP; None explains all
+    # log1p numeric columns whose |skewness| exceeds this
+    skew_threshold: Annotated[float, Interval(ge=0, le=100)] = 0.75
+    ridge_alphas: Annotated[tuple[Annotated[float, Interval(gt=0, le=1e9)], ...], MinLen(1)] = (
+        0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+    # least-squares variant that pools categories rarer than this
+    pooled_min_frequency: Annotated[int, Interval(ge=1, le=100_000)] = 10
+    xgb_estimators: Annotated[int, Interval(ge=1, le=100_000)] = 2000
+    xgb_learning_rate: Annotated[float, Interval(gt=0, le=1)] = 0.02
+    xgb_max_depth: Annotated[int, Interval(ge=1, le=64)] = 3
+    rf_estimators: Annotated[int, Interval(ge=1, le=100_000)] = 300
+    # fraction of features tried per split: decorrelates the trees
+    rf_max_features: Annotated[float, Interval(gt=0, le=1)] = 0.33
+    top_features: Annotated[int, Interval(ge=1, le=1000)] = 20
+    shap_rows: Annotated[int, Interval(ge=1, le=1_000_000)] | None = None  # houses explained by SHAP; None explains all
     # Threads for XGBoost and the forest. Metrics do not depend on it (hist is deterministic across
     # thread counts); on a busy machine OpenMP's spin-waiting makes 2 threads far slower than 1 unless
     # OMP_WAIT_POLICY=passive is set, so the tiny preset, run by the tests, uses 1.
-    n_jobs: int = 2
-    max_xgb_rmse: float = 0.14
-    max_linear_rmse: float = 0.14
-    xgb_linear_margin: float = 0.01  # XGBoost may trail the linear model by at most this much
+    n_jobs: Annotated[int, Interval(ge=1, le=1024)] = 2
+    max_xgb_rmse: Annotated[float, Interval(ge=0, le=10)] = 0.14
+    max_linear_rmse: Annotated[float, Interval(ge=0, le=10)] = 0.14
+    # XGBoost may trail the linear model by at most this much
+    xgb_linear_margin: Annotated[float, Interval(ge=-1, le=1)] = 0.01
     seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if self.folds < 2:
-            raise ConfigError("folds must be >= 2")
         if self.rows is not None and self.rows < 10 * self.folds:
-            raise ConfigError("rows must be at least 10 per fold")
-        counts = (self.xgb_estimators, self.n_jobs, self.xgb_max_depth, self.rf_estimators, self.top_features)
-        if min(counts) < 1:
-            raise ConfigError("xgb_estimators, n_jobs, xgb_max_depth, rf_estimators, top_features must be >= 1")
-        if not 0 < self.rf_max_features <= 1 or self.xgb_learning_rate <= 0:
-            raise ConfigError("rf_max_features must be in (0, 1] and xgb_learning_rate > 0")
-        if not self.ridge_alphas or min(self.ridge_alphas) <= 0:
-            raise ConfigError("ridge_alphas must be positive")
+            raise ConfigError(f"rows={self.rows}: need at least 10 per fold ({10 * self.folds})")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

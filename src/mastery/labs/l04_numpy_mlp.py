@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Interval
 
+from mastery.core.config import Fraction
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
@@ -15,17 +18,17 @@ REQUIRES: tuple[str, ...] = ("moons",)  # registered assets the tiny preset read
 
 @dataclass(frozen=True)
 class Config:
-    n_samples: int = 2000
+    n_samples: Annotated[int, Interval(ge=100, le=10_000_000)] = 2000
     # At noise 0.2 the best achievable test accuracy is ~0.972 (an RBF SVM on 20k points), so a
     # 0.97 bar would measure luck; at 0.15 the ceiling is ~0.991 and the bar measures the net.
-    noise: float = 0.15
-    hidden: int = 32
-    epochs: int = 300
-    lr: float = 0.2
-    batch_size: int = 64
-    test_fraction: float = 0.25
-    min_test_accuracy: float = 0.97
-    max_grad_rel_error: float = 1e-5
+    noise: Annotated[float, Interval(ge=0, le=10)] = 0.15
+    hidden: Annotated[int, Interval(ge=1, le=65_536)] = 32
+    epochs: Annotated[int, Interval(ge=1, le=100_000)] = 300
+    lr: Annotated[float, Interval(gt=0, le=100)] = 0.2
+    batch_size: Annotated[int, Interval(ge=1, le=10_000_000)] = 64
+    test_fraction: Annotated[float, Interval(ge=0.05, le=0.95)] = 0.25
+    min_test_accuracy: Fraction = 0.97
+    max_grad_rel_error: Annotated[float, Interval(ge=0, le=1)] = 1e-5
     seed: int = 0
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from annotated_types import Interval
 
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -17,22 +19,17 @@ REQUIRES: tuple[str, ...] = ("mnist",)  # registered assets the tiny preset read
 @dataclass(frozen=True)
 class Config:
     model: Literal["cnn", "mlp"] = "cnn"  # "cnn" (SmallCNN) or "mlp" (784-256-128-10)
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam
-    val_size: int = 5000  # carved from the 60,000 training images
-    train_size: int | None = None  # cap on the remaining training images (None = all 55,000)
-    test_size: int | None = None  # cap on the 10,000 test images (None = all)
+    epochs: Annotated[int, Interval(ge=1, le=1000)] = 3
+    batch_size: Annotated[int, Interval(ge=1, le=65_536)] = 128
+    lr: Annotated[float, Interval(gt=0, le=10)] = 1e-3  # Adam
+    val_size: Annotated[int, Interval(ge=1, le=59_000)] = 5000  # carved from the 60,000 training images
+    # cap on the remaining training images (None = all 55,000)
+    train_size: Annotated[int, Interval(ge=1, le=60_000)] | None = None
+    test_size: Annotated[int, Interval(ge=1, le=10_000)] | None = None  # cap on the 10,000 test images (None = all)
     device: Device = "auto"  # auto = cuda when torch.cuda.is_available(), else cpu
-    min_test_accuracy: float = 0.98
+    min_test_accuracy: Fraction = 0.98
     register: bool = False  # save the trained model to the model registry as mnist-<model>
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if min(self.epochs, self.batch_size, self.val_size) < 1 or self.lr <= 0:
-            raise ConfigError("epochs, batch_size and val_size must be >= 1 and lr > 0")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Interval
 
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -25,25 +28,20 @@ REQUIRES: tuple[str, ...] = ("mnist",)  # registered assets the tiny preset read
 
 @dataclass(frozen=True)
 class Config:
-    hidden: tuple[int, ...] = (256, 128)  # MLP 784 -> hidden... -> 10, the same for every optimizer
-    epochs: int = 10
-    batch_size: int = 128
-    lr_sgd: float = 0.01  # plain SGD and SGD + momentum
-    momentum: float = 0.9
-    lr_adaptive: float = 1e-3  # Adam, RMSProp, Adam + cosine (annealed to 0 over all steps)
-    train_size: int | None = 30_000  # a seeded subset of the 60,000 training images keeps it to minutes
-    test_size: int | None = None
+    # MLP 784 -> hidden... -> 10, the same for every optimizer
+    hidden: tuple[Annotated[int, Interval(ge=1, le=65_536)], ...] = (256, 128)
+    epochs: Annotated[int, Interval(ge=1, le=1000)] = 10
+    batch_size: Annotated[int, Interval(ge=1, le=65_536)] = 128
+    lr_sgd: Annotated[float, Interval(gt=0, le=10)] = 0.01  # plain SGD and SGD + momentum
+    momentum: Annotated[float, Interval(ge=0, lt=1)] = 0.9
+    # Adam, RMSProp, Adam + cosine (annealed to 0 over all steps)
+    lr_adaptive: Annotated[float, Interval(gt=0, le=10)] = 1e-3
+    # a seeded subset of the 60,000 training images keeps it to minutes
+    train_size: Annotated[int, Interval(ge=1, le=60_000)] | None = 30_000
+    test_size: Annotated[int, Interval(ge=1, le=10_000)] | None = None
     device: Device = "auto"
-    min_test_accuracy: float = 0.9  # every optimizer must reach this
+    min_test_accuracy: Fraction = 0.9  # every optimizer must reach this
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if min(self.epochs, self.batch_size, *self.hidden) < 1:
-            raise ConfigError("epochs, batch_size and hidden sizes must be >= 1")
-        if min(self.lr_sgd, self.lr_adaptive) <= 0 or not 0 <= self.momentum < 1:
-            raise ConfigError("learning rates must be > 0 and momentum in [0, 1)")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

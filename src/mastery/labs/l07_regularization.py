@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Interval
 
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -16,30 +19,26 @@ REQUIRES: tuple[str, ...] = ("cifar10",)  # registered assets the tiny preset re
 
 @dataclass(frozen=True)
 class Config:
-    hidden: tuple[int, ...] = (1024, 512, 256)  # 3072 -> hidden... -> 10, the same for both models
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 1e-3  # AdamW for both; the baseline has weight_decay 0 (plain Adam)
-    dropout: float = 0.3  # regularized model only, after every hidden ReLU
-    weight_decay: float = 0.05  # regularized model only (AdamW's decoupled decay)
+    # 3072 -> hidden... -> 10, the same for both models
+    hidden: tuple[Annotated[int, Interval(ge=1, le=65_536)], ...] = (1024, 512, 256)
+    epochs: Annotated[int, Interval(ge=1, le=1000)] = 15
+    batch_size: Annotated[int, Interval(ge=1, le=65_536)] = 128
+    lr: Annotated[float, Interval(gt=0, le=10)] = 1e-3  # AdamW for both; the baseline has weight_decay 0 (plain Adam)
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.3  # regularized model only, after every hidden ReLU
+    weight_decay: Annotated[float, Interval(ge=0, le=10)] = 0.05  # regularized model only (AdamW's decoupled decay)
     hflip: bool = False  # also mirror training images in the regularized run (off: isolate Dropout + BN)
-    val_size: int = 5000  # carved from the training images
-    train_size: int | None = None  # cap on the remaining training images (None = all)
-    test_size: int | None = None
-    train_eval_size: int = 5000  # training images re-measured in eval mode each epoch (the train curve)
+    val_size: Annotated[int, Interval(ge=1, le=49_000)] = 5000  # carved from the training images
+    # cap on the remaining training images (None = all)
+    train_size: Annotated[int, Interval(ge=1, le=50_000)] | None = None
+    test_size: Annotated[int, Interval(ge=1, le=10_000)] | None = None
+    # training images re-measured in eval mode each epoch (the train curve)
+    train_eval_size: Annotated[int, Interval(ge=1, le=50_000)] = 5000
     checkpoint_dir: str = ""  # where the best weights go; "" = a new temporary directory
     device: Device = "auto"
-    min_val_gain: float = 0.01  # regularized val accuracy - baseline val accuracy must exceed this
-    min_regularized_val_accuracy: float = 0.5
+    # regularized val accuracy - baseline val accuracy must exceed this
+    min_val_gain: Annotated[float, Interval(ge=-1, le=1)] = 0.01
+    min_regularized_val_accuracy: Fraction = 0.5
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if min(self.epochs, self.batch_size, self.val_size, self.train_eval_size, *self.hidden) < 1:
-            raise ConfigError("epochs, batch_size, val_size, train_eval_size and hidden sizes must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
-            raise ConfigError("lr must be > 0, weight_decay >= 0 and dropout in [0, 1)")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

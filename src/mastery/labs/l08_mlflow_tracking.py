@@ -14,6 +14,9 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from annotated_types import Interval
 
 from mastery.core.labs import new_report
 from mastery.core.progress import FanoutProgress, Progress
@@ -28,7 +31,7 @@ REQUIRES: tuple[str, ...] = ("cifar10",)  # registered assets the tiny preset re
 @dataclass(frozen=True)
 class Config:
     l7_preset: str = "full"  # which L7 preset to train
-    epochs: int | None = None  # override the L7 preset's epochs (None keeps it)
+    epochs: Annotated[int, Interval(ge=1, le=1000)] | None = None  # override the L7 preset's epochs (None keeps it)
     tracking_dir: str = "runs"  # the store is <tracking_dir>/mlflow.db, artifacts in <tracking_dir>/mlartifacts
     experiment: str = "mastery-l08-cifar10"
     seed: int = 0
@@ -39,8 +42,6 @@ class Config:
 
         if self.l7_preset not in l07.PRESETS:
             raise ConfigError(f"l7_preset must be one of {', '.join(l07.PRESETS)}, got {self.l7_preset!r}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError("epochs must be >= 1")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Interval, Len
 
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -17,38 +19,31 @@ REQUIRES: tuple[str, ...] = ("cifar10",)  # registered assets the tiny preset re
 
 @dataclass(frozen=True)
 class Config:
-    widths: tuple[int, ...] = (32, 64, 128, 256)  # stem, then one conv block per further width (each halves H, W)
-    epochs: int = 12
-    batch_size: int = 256
-    lr: float = 0.2  # OneCycle peak, SGD + Nesterov
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.2
-    crop_padding: int = 4  # random crop of 32x32 from the image zero-padded by this many pixels
+    # stem, then one conv block per further width (each halves H, W): 2 to 6 widths, as 32 px halves 5 times at most
+    widths: Annotated[tuple[Annotated[int, Interval(ge=1, le=4096)], ...], Len(2, 6)] = (32, 64, 128, 256)
+    epochs: Annotated[int, Interval(ge=1, le=1000)] = 12
+    batch_size: Annotated[int, Interval(ge=1, le=65_536)] = 256
+    lr: Annotated[float, Interval(gt=0, le=10)] = 0.2  # OneCycle peak, SGD + Nesterov
+    weight_decay: Annotated[float, Interval(ge=0, le=1)] = 5e-4
+    label_smoothing: Annotated[float, Interval(ge=0, lt=1)] = 0.2
+    # random crop of 32x32 from the image zero-padded by this many pixels
+    crop_padding: Annotated[int, Interval(ge=0, le=32)] = 4
     hflip: bool = True
     # bf16 autocast, float32 weights; auto = only where the device runs bf16 natively (AVX512-BF16/AMX, tensor cores)
     bf16: Literal["auto", "on", "off"] = "auto"
     channels_last: bool = True
-    train_size: int | None = None  # cap on training images (None = all 37,500 / 50,000)
-    test_size: int | None = None
-    curve_eval_size: int = 2000  # test images scored after every epoch, for the curve only (no selection)
-    scratch_check_shape: tuple[int, ...] = (2, 3, 9, 9, 4, 3)  # N, C, H, W, O, K for the NumPy-vs-torch check
+    # cap on training images (None = all 37,500 / 50,000)
+    train_size: Annotated[int, Interval(ge=1, le=50_000)] | None = None
+    test_size: Annotated[int, Interval(ge=1, le=10_000)] | None = None
+    # test images scored after every epoch, for the curve only (no selection)
+    curve_eval_size: Annotated[int, Interval(ge=1, le=10_000)] = 2000
+    # N, C, H, W, O, K for the NumPy-vs-torch check
+    scratch_check_shape: Annotated[tuple[Annotated[int, Interval(ge=1, le=64)], ...], Len(6, 6)] = (2, 3, 9, 9, 4, 3)
     device: Device = "auto"
-    max_scratch_error: float = 1e-5
-    min_test_accuracy: float = 0.85
+    max_scratch_error: Annotated[float, Interval(ge=0, le=1)] = 1e-5
+    min_test_accuracy: Fraction = 0.85
     register: bool = False  # save the trained CNN to the model registry as cifar10-cnn
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if min(self.epochs, self.batch_size, self.curve_eval_size, *self.widths) < 1 or len(self.widths) < 2:
-            raise ConfigError("epochs, batch_size, curve_eval_size and widths must be >= 1, with >= 2 widths")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
-            raise ConfigError("lr must be > 0, weight_decay >= 0 and label_smoothing in [0, 1)")
-        if len(self.widths) > 6:
-            raise ConfigError("at most 5 blocks: each halves the 32x32 image")
-        if len(self.scratch_check_shape) != 6 or min(self.scratch_check_shape) < 1:
-            raise ConfigError("scratch_check_shape is (N, C, H, W, O, K), all >= 1")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -4,10 +4,12 @@ malicious-screen detection, and pretrained vs from-scratch on few-shot CIFAR-10.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Interval, Len
 
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -20,43 +22,40 @@ class Config:
     # auto (resnet18 if its weights are present, else efficientnet-lite0), or force one
     backbone: Literal["auto", "resnet18", "efficientnet-lite0"] = "auto"
     data_dir: str = ""  # ImageFolder of real screenshots (root/<class>/<image>); "" = generated screens
-    image_size: int = 224  # screen input size (what the ImageNet backbones were trained at)
-    n_per_class: int = 500  # generated screens per class
-    split: tuple[float, ...] = (0.5, 0.15, 0.35)  # train / val / test fractions of the screens
-    cifar_per_class: int = 100  # labelled CIFAR-10 training images per class (few-shot)
-    cifar_size: int = 96  # CIFAR 32 px upscaled to this for the ImageNet backbone
-    cifar_val: int = 500  # extra CIFAR training images, only for the validation curves
-    cifar_test: int = 2000  # fixed test subset
-    head_epochs: int = 10  # stage 1: frozen backbone, new head
-    head_lr: float = 1e-3
-    finetune_epochs: int = 4  # stage 2: last stage unfrozen
-    finetune_lr: float = 1e-4
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    dropout: float = 0.2  # before the new linear head
-    tail_blocks: int = 0  # blocks unfrozen in stage 2; 0 = the whole last stage (layer4 / Lite0 blocks 11-15)
+    # screen input size (what the ImageNet backbones were trained at)
+    image_size: Annotated[int, Interval(ge=32, le=1024)] = 224
+    n_per_class: Annotated[int, Interval(ge=1, le=100_000)] = 500  # generated screens per class
+    # train / val / test fractions of the screens
+    split: Annotated[tuple[Annotated[float, Interval(gt=0, lt=1)], ...], Len(3, 3)] = (0.5, 0.15, 0.35)
+    # labelled CIFAR-10 training images per class (few-shot)
+    cifar_per_class: Annotated[int, Interval(ge=1, le=5000)] = 100
+    cifar_size: Annotated[int, Interval(ge=32, le=1024)] = 96  # CIFAR 32 px upscaled to this for the ImageNet backbone
+    # extra CIFAR training images, only for the validation curves
+    cifar_val: Annotated[int, Interval(ge=1, le=50_000)] = 500
+    cifar_test: Annotated[int, Interval(ge=1, le=10_000)] = 2000  # fixed test subset
+    head_epochs: Annotated[int, Interval(ge=1, le=1000)] = 10  # stage 1: frozen backbone, new head
+    head_lr: Annotated[float, Interval(gt=0, le=10)] = 1e-3
+    finetune_epochs: Annotated[int, Interval(ge=1, le=1000)] = 4  # stage 2: last stage unfrozen
+    finetune_lr: Annotated[float, Interval(gt=0, le=10)] = 1e-4
+    batch_size: Annotated[int, Interval(ge=1, le=65_536)] = 32
+    weight_decay: Annotated[float, Interval(ge=0, le=10)] = 1e-4
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2  # before the new linear head
+    # blocks unfrozen in stage 2; 0 = the whole last stage (layer4 / Lite0 blocks 11-15)
+    tail_blocks: Annotated[int, Interval(ge=0, le=64)] = 0
     scratch_end_to_end: bool = True  # scratch trains every layer; False = random frozen trunk, same two stages
     device: Device = "auto"
-    min_pretrain_gain: float = 0.0  # few-shot CIFAR: pretrained - scratch accuracy must exceed this
-    min_fewshot_pretrained_accuracy: float = 0.5
-    min_screens_accuracy: float = 0.8
+    # few-shot CIFAR: pretrained - scratch accuracy must exceed this
+    min_pretrain_gain: Annotated[float, Interval(ge=-1, le=1)] = 0.0
+    min_fewshot_pretrained_accuracy: Fraction = 0.5
+    min_screens_accuracy: Fraction = 0.8
     register: bool = False  # save the screens classifier to the model registry as screen-classifier
     seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if min(self.image_size, self.cifar_size) < 32:
-            raise ConfigError("image_size and cifar_size must be >= 32")
-        if min(self.n_per_class, self.cifar_per_class, self.cifar_val, self.cifar_test, self.head_epochs,
-               self.finetune_epochs, self.batch_size) < 1:
-            raise ConfigError("sizes, epochs and batch_size must be >= 1")
-        if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-6:
-            raise ConfigError(f"split must be three positive train/val/test fractions summing to 1, got {self.split}")
-        if self.head_lr <= 0 or self.finetune_lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
-            raise ConfigError("learning rates must be > 0, weight_decay >= 0 and dropout in [0, 1)")
-        if self.tail_blocks < 0:
-            raise ConfigError("tail_blocks must be >= 0 (0 = the whole last stage)")
+        if abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError(f"split must be three train/val/test fractions summing to 1, got {self.split}")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

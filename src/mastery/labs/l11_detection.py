@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Interval, MultipleOf
 
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -17,34 +19,30 @@ REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
 
 @dataclass(frozen=True)
 class Config:
-    n_train: int = 400  # generated hard-hat scenes
-    n_val: int = 100
-    imgsz: int = 320  # scene side = training and inference size (px)
-    epochs: int = 25
-    batch: int = 16  # also ultralytics' nominal batch: one optimizer step per batch
+    n_train: Annotated[int, Interval(ge=1, le=100_000)] = 400  # generated hard-hat scenes
+    n_val: Annotated[int, Interval(ge=1, le=100_000)] = 100
+    # scene side = training and inference size (px)
+    imgsz: Annotated[int, Interval(ge=32, le=2048), MultipleOf(32)] = 320
+    epochs: Annotated[int, Interval(ge=1, le=1000)] = 25
+    batch: Annotated[int, Interval(ge=1, le=1024)] = 16  # also ultralytics' nominal batch: one optimizer step per batch
     model: str = "yolov8n.yaml"  # built from the yaml: no pretrained weights exist offline
     amp: bool = False  # on a GPU, AMP's self-check downloads a reference model; off keeps the run offline
-    n_metric_cases: int = 40  # random images for the from-scratch vs pycocotools mAP comparison
-    n_roundtrip: int = 6  # scenes exported as COCO / Label Studio / YOLO and imported back
-    video_frames: int = 12  # frames of the generated clip run through `vision detect`
-    figure_conf: float = 0.3  # score threshold of the predictions drawn in the figure
+    # random images for the from-scratch vs pycocotools mAP comparison
+    n_metric_cases: Annotated[int, Interval(ge=1, le=10_000)] = 40
+    # scenes exported as COCO / Label Studio / YOLO and imported back
+    n_roundtrip: Annotated[int, Interval(ge=1, le=1000)] = 6
+    # frames of the generated clip run through `vision detect`
+    video_frames: Annotated[int, Interval(ge=1, le=10_000)] = 12
+    figure_conf: Fraction = 0.3  # score threshold of the predictions drawn in the figure
     run_dir: str = ""  # ultralytics' run folder, dataset and weights; "" = a new temporary directory
     device: Device = "auto"
-    max_iou_diff: float = 1e-9  # vs torchvision.ops.box_iou
-    max_map_ref_diff: float = 1e-6  # vs torchmetrics + pycocotools (which returns float32)
-    max_map_gap: float = 0.1  # |my mAP50-95 - ultralytics' mAP50-95| on the trained model
-    min_map50: float = 0.5  # ultralytics' val mAP@0.5 of the trained model
-    min_map50_95: float = 0.25
+    max_iou_diff: Annotated[float, Interval(ge=0, le=1)] = 1e-9  # vs torchvision.ops.box_iou
+    # vs torchmetrics + pycocotools (which returns float32)
+    max_map_ref_diff: Annotated[float, Interval(ge=0, le=1)] = 1e-6
+    max_map_gap: Fraction = 0.1  # |my mAP50-95 - ultralytics' mAP50-95| on the trained model
+    min_map50: Fraction = 0.5  # ultralytics' val mAP@0.5 of the trained model
+    min_map50_95: Fraction = 0.25
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if min(self.n_train, self.n_val, self.epochs, self.batch, self.n_metric_cases, self.n_roundtrip,
-               self.video_frames) < 1:
-            raise ConfigError("n_train, n_val, epochs, batch, n_metric_cases, n_roundtrip, video_frames must be >= 1")
-        if self.imgsz < 32 or self.imgsz % 32:
-            raise ConfigError(f"imgsz must be a multiple of 32 (YOLO's largest stride), got {self.imgsz}")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Interval
 
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -18,44 +20,41 @@ REQUIRES: tuple[str, ...] = ("dsb2018-nuclei-sample", "dsb2018-nuclei-sample-mas
 
 @dataclass(frozen=True)
 class Config:
-    width: int = 24  # U-Net channels at full resolution (doubles per level)
-    depth: int = 4  # number of 2x down-samplings
-    epochs: int = 30
-    steps_per_epoch: int = 50
-    batch_size: int = 8
-    crop: int = 96
-    lr: float = 3e-3
-    contact_weight: float = 5.0  # extra BCE weight where touching nuclei meet
-    n_generated_train: int = 240
-    n_generated_test: int = 40
-    generated_size: int = 128
-    real_fraction: float = 0.5  # share of training crops drawn from the real DSB2018 training tiles
-    tile: int = 128  # the 512x512 real image is cut into tile x tile cells; 4 of the 16 are held out
-    threshold: float = 0.5  # on the interior probability
-    min_size: int = 8  # predicted components smaller than this (pixels) are dropped
+    width: Annotated[int, Interval(ge=1, le=1024)] = 24  # U-Net channels at full resolution (doubles per level)
+    depth: Annotated[int, Interval(ge=1, le=8)] = 4  # number of 2x down-samplings
+    epochs: Annotated[int, Interval(ge=1, le=1000)] = 30
+    steps_per_epoch: Annotated[int, Interval(ge=1, le=100_000)] = 50
+    batch_size: Annotated[int, Interval(ge=1, le=4096)] = 8
+    crop: Annotated[int, Interval(ge=1, le=512)] = 96
+    lr: Annotated[float, Interval(gt=0, le=10)] = 3e-3
+    contact_weight: Annotated[float, Interval(ge=0, le=1000)] = 5.0  # extra BCE weight where touching nuclei meet
+    n_generated_train: Annotated[int, Interval(ge=1, le=100_000)] = 240
+    n_generated_test: Annotated[int, Interval(ge=1, le=100_000)] = 40
+    generated_size: Annotated[int, Interval(ge=1, le=2048)] = 128
+    real_fraction: Fraction = 0.5  # share of training crops drawn from the real DSB2018 training tiles
+    # the 512x512 real image is cut into tile x tile cells; 4 of the 16 are held out
+    tile: Annotated[int, Interval(ge=1, le=512)] = 128
+    threshold: Annotated[float, Interval(gt=0, lt=1)] = 0.5  # on the interior probability
+    # predicted components smaller than this (pixels) are dropped
+    min_size: Annotated[int, Interval(ge=0, le=100_000)] = 8
     bf16: Literal["auto", "on", "off"] = "auto"  # bf16 autocast where the device runs it natively
     stage1_dir: str = ""  # optional: a DSB2018 stage1_train folder; its samples join training / testing
-    stage1_limit: int = 200
+    stage1_limit: Annotated[int, Interval(ge=0, le=100_000)] = 200
     device: Device = "auto"
-    min_dice: float = 0.8  # thresholds on the real held-out tiles
-    min_dsb_map: float = 0.5
-    min_generated_dice: float = 0.8
+    min_dice: Fraction = 0.8  # thresholds on the real held-out tiles
+    min_dsb_map: Fraction = 0.5
+    min_generated_dice: Fraction = 0.8
     register: bool = False  # save the trained U-Net to the model registry as nuclei-unet
     seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if min(self.width, self.depth, self.epochs, self.steps_per_epoch, self.batch_size, self.n_generated_train,
-               self.n_generated_test) < 1:
-            raise ConfigError("width, depth, epochs, steps_per_epoch, batch_size and generated counts must be >= 1")
         if self.crop % 2**self.depth or self.generated_size % 2**self.depth or self.crop > self.tile:
             raise ConfigError(f"crop and generated_size must be divisible by 2^depth = {2**self.depth}, "
                               f"and crop <= tile")
         if self.crop > self.generated_size or 512 % self.tile or self.tile % 2**self.depth:
             raise ConfigError("crop must fit generated images, and tile must divide 512 and be divisible by 2^depth")
-        if not 0 <= self.real_fraction <= 1 or not 0 < self.threshold < 1 or self.lr <= 0:
-            raise ConfigError("real_fraction in [0, 1], threshold in (0, 1) and lr > 0 are required")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -22,39 +25,30 @@ REQUIRES: tuple[str, ...] = ("tinyshakespeare", "imdb", "all-minilm-l6-v2")  # r
 @dataclass(frozen=True)
 class Config:
     # BPE: trained on the first bpe_train_chars of tiny Shakespeare, measured on the rest (held out)
-    bpe_vocab_size: int = 256 + 3000
-    bpe_train_chars: int = 1_000_000
-    bpe_heldout_chars: int = 100_000
+    bpe_vocab_size: Annotated[int, Interval(ge=257, le=1_000_000)] = 256 + 3000
+    bpe_train_chars: Annotated[int, Interval(ge=1, le=100_000_000)] = 1_000_000
+    bpe_heldout_chars: Annotated[int, Interval(ge=1, le=100_000_000)] = 100_000
     # word2vec (skip-gram, negative sampling) on tiny Shakespeare
-    w2v_chars: int | None = None  # None = the whole text
-    w2v_dim: int = 100
-    w2v_window: int = 5
-    w2v_negatives: int = 5
-    w2v_epochs: int = 5
-    w2v_min_count: int = 5
-    w2v_batch_size: int = 1024
-    w2v_lr: float = 3e-3
+    w2v_chars: Annotated[int, Interval(ge=1, le=100_000_000)] | None = None  # None = the whole text
+    w2v_dim: Annotated[int, Interval(ge=1, le=4096)] = 100
+    w2v_window: Annotated[int, Interval(ge=1, le=100)] = 5
+    w2v_negatives: Annotated[int, Interval(ge=1, le=100)] = 5
+    w2v_epochs: Annotated[int, Interval(ge=1, le=1000)] = 5
+    w2v_min_count: Annotated[int, Interval(ge=1, le=1_000_000)] = 5
+    w2v_batch_size: Annotated[int, Interval(ge=1, le=1_000_000)] = 1024
+    w2v_lr: Annotated[float, Interval(gt=0, le=10)] = 3e-3
     # IMDb sentiment: MiniLM sentence embeddings + logistic regression vs TF-IDF + logistic regression
-    n_train: int = 5000  # stratified subsets of IMDb's train / test splits (MiniLM on CPU is the bottleneck)
-    n_test: int = 3000
-    max_seq_length: int = 256  # MiniLM word pieces per review; longer reviews are truncated
-    embed_batch_size: int = 32
+    # stratified subsets of IMDb's train / test splits (MiniLM on CPU is the bottleneck)
+    n_train: Annotated[int, Interval(ge=10, le=25_000)] = 5000
+    n_test: Annotated[int, Interval(ge=10, le=25_000)] = 3000
+    # MiniLM word pieces per review; longer reviews are truncated
+    max_seq_length: Annotated[int, Interval(ge=1, le=512)] = 256
+    embed_batch_size: Annotated[int, Interval(ge=1, le=4096)] = 32
     device: Device = "auto"
-    min_embed_f1: float = 0.75
-    min_tfidf_f1: float = 0.75
-    min_bpe_vocab_overlap: float = 0.8
+    min_embed_f1: Fraction = 0.75
+    min_tfidf_f1: Fraction = 0.75
+    min_bpe_vocab_overlap: Fraction = 0.8
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if self.bpe_vocab_size < 257:
-            raise ConfigError("bpe_vocab_size must be > 256 (the byte alphabet plus at least one merge)")
-        if min(self.bpe_train_chars, self.bpe_heldout_chars, self.w2v_dim, self.w2v_window, self.w2v_negatives,
-               self.w2v_epochs, self.w2v_min_count, self.n_train, self.n_test, self.max_seq_length) < 1:
-            raise ConfigError("sizes, epochs and counts must be >= 1")
-        if self.n_train < 10 or self.n_test < 10:
-            raise ConfigError("n_train and n_test must be >= 10")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

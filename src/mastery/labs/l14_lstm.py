@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from annotated_types import Interval, MinLen
 
 from mastery.core.progress import Progress
 from mastery.core.report import Report
@@ -20,48 +22,35 @@ REQUIRES: tuple[str, ...] = ("tinyshakespeare",)  # registered assets the tiny p
 
 @dataclass(frozen=True)
 class Config:
-    embed: int = 64
-    hidden: int = 384
-    num_layers: int = 2
-    dropout: float = 0.2
-    seq_len: int = 128
-    batch_size: int = 64
-    steps: int = 1200  # per model (LSTM, then GRU with the same budget)
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    warmup: int = 100
-    eval_every: int = 100
-    eval_windows: int | None = 200  # val windows measured during training; the final val loss uses all
+    embed: Annotated[int, Interval(ge=1, le=4096)] = 64
+    hidden: Annotated[int, Interval(ge=1, le=8192)] = 384
+    num_layers: Annotated[int, Interval(ge=1, le=16)] = 2
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.2
+    seq_len: Annotated[int, Interval(ge=1, le=4096)] = 128
+    batch_size: Annotated[int, Interval(ge=1, le=4096)] = 64
+    steps: Annotated[int, Interval(ge=1, le=1_000_000)] = 1200  # per model (LSTM, then GRU with the same budget)
+    lr: Annotated[float, Interval(gt=0, le=10)] = 3e-3
+    weight_decay: Annotated[float, Interval(ge=0, le=10)] = 0.1
+    grad_clip: Annotated[float, Interval(gt=0, le=1000)] = 1.0
+    warmup: Annotated[int, Interval(ge=0, le=1_000_000)] = 100
+    eval_every: Annotated[int, Interval(ge=1, le=1_000_000)] = 100
+    # val windows measured during training; the final val loss uses all
+    eval_windows: Annotated[int, Interval(ge=1, le=1_000_000)] | None = 200
     # bfloat16 autocast for training forward passes (evaluation stays float32); auto = only where the device runs
     # bf16 natively. Never emulated: oneDNN has no emulated bf16 LSTM kernel (it fails on AVX2-only CPUs).
     bf16: Literal["auto", "on", "off"] = "auto"
     gru: bool = True
-    temperatures: tuple[float, ...] = (0.5, 0.8, 1.0, 1.2)
-    sample_chars: int = 1000
-    prompt: str = "ROMEO:\n"
-    grad_hidden: int = 128  # vanilla RNN vs LSTM gradient-through-time demo
-    grad_steps: int = 100
-    grad_batch: int = 32
+    temperatures: Annotated[tuple[Annotated[float, Interval(gt=0, le=10)], ...], MinLen(1)] = (0.5, 0.8, 1.0, 1.2)
+    sample_chars: Annotated[int, Interval(ge=1, le=1_000_000)] = 1000
+    prompt: Annotated[str, MinLen(1)] = "ROMEO:\n"
+    grad_hidden: Annotated[int, Interval(ge=1, le=4096)] = 128  # vanilla RNN vs LSTM gradient-through-time demo
+    grad_steps: Annotated[int, Interval(ge=2, le=10_000)] = 100
+    grad_batch: Annotated[int, Interval(ge=1, le=4096)] = 32
     device: Device = "auto"
-    max_val_loss: float = NANOGPT_CPU_VAL_LOSS
-    max_cell_error: float = 1e-5
+    max_val_loss: Annotated[float, Interval(ge=0, le=100)] = NANOGPT_CPU_VAL_LOSS
+    max_cell_error: Annotated[float, Interval(ge=0, le=1)] = 1e-5
     register: bool = False  # save the better of LSTM/GRU to the model registry as shakespeare-char-<kind>
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        sizes = (self.embed, self.hidden, self.num_layers, self.seq_len, self.batch_size, self.steps,
-                 self.eval_every, self.sample_chars, self.grad_hidden, self.grad_batch)
-        if min(sizes) < 1 or self.grad_steps < 2 or self.warmup < 0:
-            raise ConfigError("sizes, steps and eval_every must be >= 1, grad_steps >= 2, warmup >= 0")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or not 0 <= self.dropout < 1:
-            raise ConfigError("lr and grad_clip must be > 0, weight_decay >= 0 and dropout in [0, 1)")
-        if not self.temperatures or min(self.temperatures) <= 0:
-            raise ConfigError("temperatures must be a non-empty tuple of positive numbers")
-        if not self.prompt:
-            raise ConfigError("prompt must not be empty")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -13,36 +17,34 @@ REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
 
 @dataclass(frozen=True)
 class Config:
-    d_model: int = 64
-    heads: int = 4
-    layers: int = 2  # encoder layers = decoder layers
-    d_ff: int = 256
-    dropout: float = 0.0
-    steps: int = 5000  # optimiser steps, each on a fresh batch of random strings
-    batch_size: int = 128
-    lr: float = 1.5e-3
-    min_len: int = 4  # training (and held-out test) string lengths
-    max_len: int = 12
-    longer_max_len: int = 20  # length generalisation: test lengths max_len+1 .. longer_max_len
-    n_test: int = 2000  # held-out strings of the training lengths (never seen in training)
-    n_test_per_longer_len: int = 200
+    d_model: Annotated[int, Interval(ge=1, le=4096)] = 64
+    heads: Annotated[int, Interval(ge=1, le=64)] = 4
+    layers: Annotated[int, Interval(ge=1, le=48)] = 2  # encoder layers = decoder layers
+    d_ff: Annotated[int, Interval(ge=1, le=16_384)] = 256
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    # optimiser steps, each on a fresh batch of random strings
+    steps: Annotated[int, Interval(ge=1, le=1_000_000)] = 5000
+    batch_size: Annotated[int, Interval(ge=1, le=65_536)] = 128
+    lr: Annotated[float, Interval(gt=0, le=10)] = 1.5e-3
+    min_len: Annotated[int, Interval(ge=1, le=1000)] = 4  # training (and held-out test) string lengths
+    max_len: Annotated[int, Interval(ge=1, le=1000)] = 12
+    # length generalisation: test lengths max_len+1 .. longer_max_len
+    longer_max_len: Annotated[int, Interval(ge=1, le=1000)] = 20
+    # held-out strings of the training lengths (never seen in training)
+    n_test: Annotated[int, Interval(ge=1, le=1_000_000)] = 2000
+    n_test_per_longer_len: Annotated[int, Interval(ge=1, le=1_000_000)] = 200
     device: Device = "auto"
-    min_exact_match: float = 0.99
-    mha_tolerance: float = 1e-5
+    min_exact_match: Fraction = 0.99
+    mha_tolerance: Annotated[float, Interval(ge=0, le=1)] = 1e-5
     seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if min(self.d_model, self.heads, self.layers, self.d_ff, self.steps, self.batch_size, self.n_test,
-               self.min_len) < 1:
-            raise ConfigError("d_model, heads, layers, d_ff, steps, batch_size, n_test and min_len must be >= 1")
         if self.d_model % self.heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if not self.min_len <= self.max_len <= self.longer_max_len:
             raise ConfigError("need min_len <= max_len <= longer_max_len")
-        if self.lr <= 0 or not 0 <= self.dropout < 1:
-            raise ConfigError("lr must be > 0 and dropout in [0, 1)")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

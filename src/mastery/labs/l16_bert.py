@@ -5,8 +5,11 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -22,51 +25,44 @@ REQUIRES: tuple[str, ...] = ("imdb", "all-minilm-l6-v2")  # registered assets th
 @dataclass(frozen=True)
 class Config:
     # Masked-language-model pretraining of a small BERT from scratch on IMDb review text
-    mlm_train_reviews: int = 6_000  # from the train split (labels unused)
-    mlm_eval_reviews: int = 1_000  # from the test split: held-out masked-token accuracy
-    wordpiece_vocab: int = 8_000
-    mlm_block_len: int = 128
-    mlm_max_blocks: int = 10_000
-    mlm_hidden: int = 256
-    mlm_layers: int = 4
-    mlm_heads: int = 4
-    mlm_epochs: int = 2
-    mlm_batch_size: int = 32
-    mlm_lr: float = 5e-4
+    mlm_train_reviews: Annotated[int, Interval(ge=1, le=25_000)] = 6_000  # from the train split (labels unused)
+    # from the test split: held-out masked-token accuracy
+    mlm_eval_reviews: Annotated[int, Interval(ge=1, le=25_000)] = 1_000
+    wordpiece_vocab: Annotated[int, Interval(ge=100, le=1_000_000)] = 8_000
+    mlm_block_len: Annotated[int, Interval(ge=8, le=4096)] = 128
+    mlm_max_blocks: Annotated[int, Interval(ge=1, le=10_000_000)] = 10_000
+    mlm_hidden: Annotated[int, Interval(ge=1, le=4096)] = 256
+    mlm_layers: Annotated[int, Interval(ge=1, le=48)] = 4
+    mlm_heads: Annotated[int, Interval(ge=1, le=64)] = 4
+    mlm_epochs: Annotated[int, Interval(ge=1, le=1000)] = 2
+    mlm_batch_size: Annotated[int, Interval(ge=1, le=4096)] = 32
+    mlm_lr: Annotated[float, Interval(gt=0, le=10)] = 5e-4
     # Sentiment fine-tuning with the Hugging Face Trainer
     model: str = "all-minilm-l6-v2"  # a registry model or a local Hugging Face folder (e.g. a DistilBERT)
-    n_train: int = 8_000  # stratified subset of the 25,000 training reviews
-    n_test: int | None = None  # None = the whole 25,000-review test split
-    max_length: int = 256
-    head_tokens: int = 64
-    epochs: float = 2.0
-    batch_size: int = 16
-    lr: float = 1e-4
+    n_train: Annotated[int, Interval(ge=4, le=25_000)] = 8_000  # stratified subset of the 25,000 training reviews
+    n_test: Annotated[int, Interval(ge=4, le=25_000)] | None = None  # None = the whole 25,000-review test split
+    max_length: Annotated[int, Interval(ge=8, le=512)] = 256
+    head_tokens: Annotated[int, Interval(ge=0, le=510)] = 64
+    epochs: Annotated[float, Interval(gt=0, le=1000)] = 2.0
+    batch_size: Annotated[int, Interval(ge=1, le=4096)] = 16
+    lr: Annotated[float, Interval(gt=0, le=10)] = 1e-4
     # "mean" suits sentence-transformers encoders such as MiniLM; "cls" for DistilBERT/BERT
     pooling: Literal["mean", "cls"] = "mean"
     bf16: Literal["auto", "on", "off"] = "auto"  # bf16 autocast (MLM and fine-tuning) where the device has it natively
     device: Device = "auto"
-    min_f1: float = 0.88
-    min_mlm_gain: float = 2.0  # masked-token accuracy must be this many times the unigram baseline
+    min_f1: Fraction = 0.88
+    # masked-token accuracy must be this many times the unigram baseline
+    min_mlm_gain: Annotated[float, Interval(ge=0, le=1000)] = 2.0
     register: bool = False  # save the sentiment classifier to the model registry as imdb-sentiment-minilm
     seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if min(self.mlm_train_reviews, self.mlm_eval_reviews, self.mlm_epochs, self.mlm_batch_size,
-               self.mlm_max_blocks, self.batch_size) < 1:
-            raise ConfigError("review counts, blocks, epochs and batch sizes must be >= 1")
-        if self.wordpiece_vocab < 100 or self.mlm_block_len < 8 or self.max_length < 8:
-            raise ConfigError("wordpiece_vocab must be >= 100, mlm_block_len and max_length >= 8")
         if self.mlm_hidden % self.mlm_heads:
             raise ConfigError("mlm_hidden must be divisible by mlm_heads")
-        if self.n_train < 4 or (self.n_test is not None and self.n_test < 4):
-            raise ConfigError("n_train and n_test must be >= 4")
-        if not 0 <= self.head_tokens <= self.max_length - 2:
+        if self.head_tokens > self.max_length - 2:
             raise ConfigError("head_tokens must lie in [0, max_length - 2]")
-        if self.epochs <= 0 or self.lr <= 0 or self.mlm_lr <= 0:
-            raise ConfigError("epochs and learning rates must be > 0")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -5,8 +5,11 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Interval, MinLen
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -20,51 +23,47 @@ REQUIRES: tuple[str, ...] = ("imdb", "all-minilm-l6-v2")  # registered assets th
 @dataclass(frozen=True)
 class Config:
     # random vectors, uniform in the unit cube: one dataset per size
-    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
-    dim: int = 64
-    n_queries: int = 1000  # fresh random points / held-out reviews, never in the index
+    sizes: Annotated[tuple[Annotated[int, Interval(ge=100, le=100_000_000)], ...], MinLen(1)] = (
+        10_000, 100_000, 1_000_000)
+    dim: Annotated[int, Interval(ge=1, le=4096)] = 64
+    # fresh random points / held-out reviews, never in the index
+    n_queries: Annotated[int, Interval(ge=1, le=1_000_000)] = 1000
     # IVF: nlist = nlist_per_sqrt_n * sqrt(N) cells; k-means on train_per_list * nlist sampled vectors
-    nlist_per_sqrt_n: float = 4.0
-    train_per_list: int = 40
-    niter: int = 10
-    nprobes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
-    nprobe: int = 16  # the headline setting (ivf_recall_at_10, ivf_speedup_vs_flat)
+    nlist_per_sqrt_n: Annotated[float, Interval(gt=0, le=1000)] = 4.0
+    train_per_list: Annotated[int, Interval(ge=1, le=100_000)] = 40
+    niter: Annotated[int, Interval(ge=1, le=1000)] = 10
+    nprobes: Annotated[tuple[Annotated[int, Interval(ge=1, le=1_000_000)], ...], MinLen(1)] = (
+        1, 2, 4, 8, 16, 32, 64, 128)
+    # the headline setting (ivf_recall_at_10, ivf_speedup_vs_flat)
+    nprobe: Annotated[int, Interval(ge=1, le=1_000_000)] = 16
     # HNSW (FAISS only): graph degree M, build beam efConstruction, search beams efSearch
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 40
-    ef_searches: tuple[int, ...] = (16, 32, 64, 128, 256)
-    hnsw_ef: int = 64  # the headline efSearch
+    hnsw_m: Annotated[int, Interval(ge=2, le=256)] = 16
+    hnsw_ef_construction: Annotated[int, Interval(ge=1, le=100_000)] = 40
+    ef_searches: Annotated[tuple[Annotated[int, Interval(ge=1, le=100_000)], ...], MinLen(1)] = (16, 32, 64, 128, 256)
+    hnsw_ef: Annotated[int, Interval(ge=1, le=100_000)] = 64  # the headline efSearch
     # real embeddings: MiniLM of IMDb reviews (cached as .npy after the first encode)
     embed_model: str = "all-minilm-l6-v2"
-    embed_n_index: int = 20_000
-    embed_n_queries: int = 1000
-    embed_max_seq_length: int = 128
-    embed_batch_size: int = 64
-    timing_repeats: int = 3
+    embed_n_index: Annotated[int, Interval(ge=100, le=100_000)] = 20_000
+    embed_n_queries: Annotated[int, Interval(ge=1, le=100_000)] = 1000
+    embed_max_seq_length: Annotated[int, Interval(ge=1, le=512)] = 128
+    embed_batch_size: Annotated[int, Interval(ge=1, le=4096)] = 64
+    timing_repeats: Annotated[int, Interval(ge=1, le=1000)] = 3
     device: Device = "auto"  # for the MiniLM encoder; the searches run on the CPU (NumPy, faiss-cpu)
-    min_exact_agreement: float = 0.999
-    target_recall: float = 0.9  # what recall@10 on the embeddings costs: the smallest nprobe reaching it
-    min_speedup_at_target: float = 1.5  # ... must still beat exact search by this factor
-    max_ivf_recall_gap: float = 0.05
-    min_ivf_speedup: float = 10.0
+    min_exact_agreement: Fraction = 0.999
+    target_recall: Fraction = 0.9  # what recall@10 on the embeddings costs: the smallest nprobe reaching it
+    # ... must still beat exact search by this factor
+    min_speedup_at_target: Annotated[float, Interval(ge=0, le=1e6)] = 1.5
+    max_ivf_recall_gap: Fraction = 0.05
+    min_ivf_speedup: Annotated[float, Interval(ge=0, le=1e6)] = 10.0
     seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if not self.sizes or min(self.sizes) < 100:
-            raise ConfigError("sizes must be non-empty, each >= 100")
-        if min(self.dim, self.n_queries, self.niter, self.train_per_list, self.hnsw_m, self.hnsw_ef_construction,
-               self.embed_n_queries, self.embed_max_seq_length, self.embed_batch_size, self.timing_repeats) < 1:
-            raise ConfigError("dimensions, counts, iterations and repeats must be >= 1")
-        if self.embed_n_index < 100:
-            raise ConfigError("embed_n_index must be >= 100")
-        if self.nlist_per_sqrt_n <= 0:
-            raise ConfigError("nlist_per_sqrt_n must be > 0")
-        if not self.nprobes or min(self.nprobes) < 1 or self.nprobe not in self.nprobes:
-            raise ConfigError(f"nprobes must be >= 1 and include the headline nprobe={self.nprobe}")
-        if not self.ef_searches or min(self.ef_searches) < 1 or self.hnsw_ef not in self.ef_searches:
-            raise ConfigError(f"ef_searches must be >= 1 and include the headline hnsw_ef={self.hnsw_ef}")
+        if self.nprobe not in self.nprobes:
+            raise ConfigError(f"nprobes must include the headline nprobe={self.nprobe}")
+        if self.hnsw_ef not in self.ef_searches:
+            raise ConfigError(f"ef_searches must include the headline hnsw_ef={self.hnsw_ef}")
         if self.nprobe > self.nlist(min(*self.sizes, self.embed_n_index)):
             raise ConfigError(f"nprobe={self.nprobe} exceeds nlist of the smallest dataset")
 

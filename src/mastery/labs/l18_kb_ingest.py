@@ -9,8 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Interval, MinLen
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -42,29 +45,24 @@ REQUIRES: tuple[str, ...] = ("attack_stix", "all-minilm-l6-v2")  # registered as
 
 @dataclass(frozen=True)
 class Config:
-    chunk_size: int = 1000  # characters per chunk
-    chunk_overlap: int = 150  # characters shared by neighbouring chunks
+    chunk_size: Annotated[int, Interval(ge=1, le=1_000_000)] = 1000  # characters per chunk
+    chunk_overlap: Annotated[int, Interval(ge=0, le=1_000_000)] = 150  # characters shared by neighbouring chunks
     real_pdfs: bool = True  # the registered Debian documentation PDFs
     attack_subset: tuple[str, ...] = ()  # ATT&CK IDs to ingest; () = all current techniques
-    k: int = 3  # hits per query
-    max_seq_length: int = 256  # MiniLM word pieces per chunk (longer chunks are truncated when embedded)
-    sweep_sizes: tuple[int, ...] = (250, 500, 1000, 1500, 2000)
-    sweep_overlaps: tuple[int, ...] = (0, 100, 200)
-    min_query_hit_rate: float = 0.8  # share of queries whose expected source/technique is in the top k
+    k: Annotated[int, Interval(ge=1, le=1000)] = 3  # hits per query
+    # MiniLM word pieces per chunk (longer chunks are truncated when embedded)
+    max_seq_length: Annotated[int, Interval(ge=8, le=512)] = 256
+    sweep_sizes: Annotated[tuple[Annotated[int, Interval(ge=1, le=1_000_000)], ...], MinLen(1)] = (
+        250, 500, 1000, 1500, 2000)
+    sweep_overlaps: tuple[Annotated[int, Interval(ge=0, le=1_000_000)], ...] = (0, 100, 200)
+    min_query_hit_rate: Fraction = 0.8  # share of queries whose expected source/technique is in the top k
     device: Device = "auto"
     seed: int = 0
 
     def validate(self) -> None:
-        from mastery.core.errors import ConfigError
         from mastery.retrieval.chunking import check_sizes
 
         check_sizes(self.chunk_size, self.chunk_overlap)
-        if self.k < 1 or self.max_seq_length < 8:
-            raise ConfigError("k must be >= 1 and max_seq_length >= 8")
-        if not self.sweep_sizes or min(self.sweep_sizes) < 1 or min(self.sweep_overlaps or (0,)) < 0:
-            raise ConfigError("sweep_sizes must be non-empty and positive, sweep_overlaps >= 0")
-        if not 0.0 <= self.min_query_hit_rate <= 1.0:
-            raise ConfigError("min_query_hit_rate must be in [0, 1]")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

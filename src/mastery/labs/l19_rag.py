@@ -7,8 +7,11 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -23,34 +26,36 @@ REQUIRES: tuple[str, ...] = ("all-minilm-l6-v2", "qwen2.5-coder-0.5b-instruct-q4
 class Config:
     # "generated": a 3-page PDF + a Markdown file; "real": 2 registry PDFs + ATT&CK
     corpus: Literal["generated", "real"] = "real"
-    k: int = 3  # chunks in the prompt
+    k: Annotated[int, Interval(ge=1, le=100)] = 3  # chunks in the prompt
     # a KnowledgeBase.retriever kind: "dense": MiniLM cosine; "hybrid": MiniLM + BM25 by reciprocal rank fusion
     # (L20); "hybrid+rerank": the hybrid re-ordered by the registered cross-encoder
     retrieval: Literal["dense", "bm25", "hybrid", "hybrid+rerank"] = "hybrid"
-    chunk_size: int = 800  # characters per PDF/Markdown chunk
-    chunk_overlap: int = 100
-    attack_max_chars: int = 1200  # ATT&CK descriptions are cut to this many characters (one chunk each)
-    context_chars: int = 700  # each passage is cut to this in the prompt (prompt processing dominates on CPU)
-    max_tokens: int = 96
-    min_support: float = 0.6  # share of the answer's content words its cited source must contain
-    min_score: float | None = None  # optional retrieval gate: decline when the best chunk is below this cosine
-    threads: int | None = None  # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    chunk_size: Annotated[int, Interval(ge=1, le=1_000_000)] = 800  # characters per PDF/Markdown chunk
+    chunk_overlap: Annotated[int, Interval(ge=0, le=1_000_000)] = 100
+    # ATT&CK descriptions are cut to this many characters (one chunk each)
+    attack_max_chars: Annotated[int, Interval(ge=1, le=1_000_000)] = 1200
+    # each passage is cut to this in the prompt (prompt processing dominates on CPU)
+    context_chars: Annotated[int, Interval(ge=100, le=100_000)] = 700
+    max_tokens: Annotated[int, Interval(ge=8, le=32_768)] = 96
+    min_support: Fraction = 0.6  # share of the answer's content words its cited source must contain
+    # optional retrieval gate: decline when the best chunk is below this cosine
+    min_score: Annotated[float, Interval(ge=-1, le=1)] | None = None
+    # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    threads: Annotated[int, Interval(ge=1, le=1024)] | None = None
     # the LLM: a registry GGUF for the embedded backend (None: the configured one, MASTERY_LLM_MODEL). Full
     # presets judge answer quality, which the 0.5B model fails where the 1.5B passes.
     llm_model: str | None = None
     device: Device = "auto"  # where MiniLM embeds; llama.cpp offloads to a GPU by itself when it has one
-    min_citation_rate: float = 0.7
-    min_correct_source_rate: float = 0.8
-    min_refusal_rate: float = 0.6
+    min_citation_rate: Fraction = 0.7
+    min_correct_source_rate: Fraction = 0.8
+    min_refusal_rate: Fraction = 0.6
     seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if self.k < 1 or self.max_tokens < 8 or self.context_chars < 100:
-            raise ConfigError("k must be >= 1, max_tokens >= 8 and context_chars >= 100")
-        if not 0 <= self.min_support <= 1:
-            raise ConfigError(f"min_support must be in [0, 1], got {self.min_support}")
+        if self.chunk_overlap >= self.chunk_size:
+            raise ConfigError(f"chunk_overlap ({self.chunk_overlap}) must be < chunk_size ({self.chunk_size})")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

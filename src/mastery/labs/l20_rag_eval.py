@@ -6,8 +6,11 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -25,54 +28,51 @@ REQUIRES: tuple[str, ...] = ("attack_stix", "all-minilm-l6-v2")  # registered as
 
 @dataclass(frozen=True)
 class Config:
-    n_techniques: int | None = None  # None = all current ATT&CK techniques; a seeded subset otherwise
-    eval_fraction: float = 0.5  # share of techniques whose questions are held out for evaluation
-    n_eval_questions: int | None = 500  # stratified by style; None = every eval question
-    n_train_questions: int = 800  # (question, positive, hard negatives) groups for the cross-encoder
-    train_per_style: int = 2
+    # None = all current ATT&CK techniques; a seeded subset otherwise
+    n_techniques: Annotated[int, Interval(ge=4, le=10_000)] | None = None
+    # share of techniques whose questions are held out for evaluation
+    eval_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.5
+    # stratified by style; None = every eval question
+    n_eval_questions: Annotated[int, Interval(ge=1, le=1_000_000)] | None = 500
+    # (question, positive, hard negatives) groups for the cross-encoder
+    n_train_questions: Annotated[int, Interval(ge=1, le=1_000_000)] = 800
+    train_per_style: Annotated[int, Interval(ge=1, le=1000)] = 2
     styles: tuple[str, ...] = STYLES
-    embed_max_seq_length: int = 256
-    bm25_heading_boost: int = 3
-    bm25_id_weight: float = 3.0  # a technique ID in the query counts this many times a word (it names one document)
-    hybrid_depth: int = 50  # each retriever's top-k fed to reciprocal rank fusion
-    rrf_k: int = 60
-    rerank_depth: int = 20  # hybrid candidates the re-rankers re-order
+    embed_max_seq_length: Annotated[int, Interval(ge=1, le=512)] = 256
+    bm25_heading_boost: Annotated[int, Interval(ge=1, le=100)] = 3
+    # a technique ID in the query counts this many times a word (it names one document)
+    bm25_id_weight: Annotated[float, Interval(ge=1, le=1000)] = 3.0
+    hybrid_depth: Annotated[int, Interval(ge=1, le=10_000)] = 50  # each retriever's top-k fed to reciprocal rank fusion
+    rrf_k: Annotated[int, Interval(ge=0, le=10_000)] = 60
+    rerank_depth: Annotated[int, Interval(ge=1, le=10_000)] = 20  # hybrid candidates the re-rankers re-order
     # headline re-ranker: "rrf" fuses the cross-encoder's order with the hybrid order; "none"
     ce_fusion: Literal["rrf", "none"] = "rrf"
     # auto: the canonical ms-marco model when registered, else train one
     cross_encoder: Literal["auto", "trained", "canonical"] = "auto"
     # BERT's usual [CLS] head, or "mean": mean-pooled states + linear (how MiniLM was trained)
     ce_head: Literal["mean", "cls"] = "mean"
-    ce_negatives: int = 7
-    ce_epochs: int = 1
-    ce_groups_per_batch: int = 2
-    ce_lr: float = 1e-4  # encoder layers; 3e-4 stalled at chance in a 150-step trial, 1e-4 learned
-    ce_head_lr: float = 1e-2  # the zero-initialised linear head on top of the mean pool
-    ce_max_length: int = 160  # question + the passage's first ~130 word pieces (heading and opening sentences)
+    ce_negatives: Annotated[int, Interval(ge=1, le=100)] = 7
+    ce_epochs: Annotated[int, Interval(ge=1, le=100)] = 1
+    ce_groups_per_batch: Annotated[int, Interval(ge=1, le=1024)] = 2
+    # encoder layers; 3e-4 stalled at chance in a 150-step trial, 1e-4 learned
+    ce_lr: Annotated[float, Interval(gt=0, le=1)] = 1e-4
+    # the zero-initialised linear head on top of the mean pool
+    ce_head_lr: Annotated[float, Interval(gt=0, le=10)] = 1e-2
+    # question + the passage's first ~130 word pieces (heading and opening sentences)
+    ce_max_length: Annotated[int, Interval(ge=32, le=512)] = 160
     bf16: Literal["auto", "on", "off"] = "auto"  # cross-encoder autocast (train, score) where the device has it
     device: Device = "auto"
-    min_rerank_gain: float = 0.10  # goal: recall@3 of hybrid + rerank >= vector-only + this
-    min_bm25_id_recall: float = 0.9  # BM25 recall@1 on "What is T1234?" questions
+    # goal: recall@3 of hybrid + rerank >= vector-only + this
+    min_rerank_gain: Annotated[float, Interval(ge=-1, le=1)] = 0.10
+    min_bm25_id_recall: Fraction = 0.9  # BM25 recall@1 on "What is T1234?" questions
     register: bool = False  # save a cross-encoder trained here to the model registry as attack-cross-encoder
     seed: int = 0
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
 
-        if self.n_techniques is not None and self.n_techniques < 4:
-            raise ConfigError("n_techniques must be >= 4 (or None for all)")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ConfigError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if min(self.n_train_questions, self.train_per_style, self.embed_max_seq_length, self.bm25_heading_boost,
-               self.hybrid_depth, self.rerank_depth, self.ce_negatives, self.ce_epochs,
-               self.ce_groups_per_batch) < 1 or (self.n_eval_questions is not None and self.n_eval_questions < 1):
-            raise ConfigError("sizes, depths, counts and epochs must be >= 1")
-        if self.rrf_k < 0 or self.ce_lr <= 0 or self.ce_head_lr <= 0 or self.ce_max_length < 32:
-            raise ConfigError("rrf_k must be >= 0, learning rates > 0 and ce_max_length >= 32")
         if unknown := set(self.styles) - set(STYLES):
             raise ConfigError(f"unknown question styles {sorted(unknown)}; choose from {', '.join(STYLES)}")
-        if self.bm25_id_weight < 1.0:
-            raise ConfigError(f"bm25_id_weight must be >= 1, got {self.bm25_id_weight}")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

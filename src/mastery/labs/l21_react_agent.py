@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.llm.settings import QUALITY_MODEL
@@ -20,15 +23,17 @@ class Config:
     backend: Literal["llm", "replay"] = "llm"
     question_set: Literal["full", "tiny"] = "full"  # "full": QUESTIONS; "tiny": TINY_QUESTIONS (with "replay")
     modes: tuple[str, ...] = ("text", "native")  # the first is the headline (the CLI's default)
-    max_steps: int = 6
-    max_tokens: int = 200
-    python_timeout_s: float = 10.0
-    threads: int | None = None  # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    max_steps: Annotated[int, Interval(ge=1, le=100)] = 6
+    max_tokens: Annotated[int, Interval(ge=16, le=32_768)] = 200
+    python_timeout_s: Annotated[float, Interval(gt=0, le=3600)] = 10.0
+    # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    threads: Annotated[int, Interval(ge=1, le=1024)] | None = None
     # the LLM: a registry GGUF for the embedded backend (None: the configured one, MASTERY_LLM_MODEL). Full
     # presets judge answer quality, which the 0.5B model fails where the 1.5B passes.
     llm_model: str | None = None
-    min_success_rate: float = 0.6  # for the first mode
-    traces_in_notes: int = 3  # runs rendered in full in the notes (all steps are in the traces table)
+    min_success_rate: Fraction = 0.6  # for the first mode
+    # runs rendered in full in the notes (all steps are in the traces table)
+    traces_in_notes: Annotated[int, Interval(ge=0, le=1000)] = 3
     seed: int = 0
 
     def validate(self) -> None:
@@ -39,8 +44,6 @@ class Config:
             raise ConfigError(f"modes must be a non-empty subset of auto, native, text; got {self.modes}")
         if self.backend == "replay" and self.modes != ("text",):
             raise ConfigError("the replay backend holds text-mode replies only: set modes=text")
-        if self.max_steps < 1 or self.max_tokens < 16 or self.python_timeout_s <= 0:
-            raise ConfigError("max_steps must be >= 1, max_tokens >= 16 and python_timeout_s > 0")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -11,8 +11,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.core.runtime import Device
@@ -32,23 +35,18 @@ class Config:
     examples: Literal["all", "tiny"] = "all"  # "all": the ~40 labelled messages; "tiny": one per graph path
     # "hybrid": BM25 + MiniLM fused by rank (and the fallback's embedding stage); "bm25"
     retrieval: Literal["hybrid", "bm25"] = "hybrid"
-    classify_max_tokens: int = 24
-    draft_max_tokens: int = 140
-    threads: int | None = None  # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    classify_max_tokens: Annotated[int, Interval(ge=8, le=4096)] = 24
+    draft_max_tokens: Annotated[int, Interval(ge=32, le=32_768)] = 140
+    # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
+    threads: Annotated[int, Interval(ge=1, le=1024)] | None = None
     # the LLM: a registry GGUF for the embedded backend (None: the configured one, MASTERY_LLM_MODEL). Full
     # presets judge answer quality, which the 0.5B model fails where the 1.5B passes.
     llm_model: str | None = None
     device: Device = "auto"  # where MiniLM embeds
-    min_intent_accuracy: float = 0.7
-    min_retrieval_hit_rate: float = 0.8
-    min_draft_key_fact_rate: float = 0.6
+    min_intent_accuracy: Fraction = 0.7
+    min_retrieval_hit_rate: Fraction = 0.8
+    min_draft_key_fact_rate: Fraction = 0.6
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if self.classify_max_tokens < 8 or self.draft_max_tokens < 32:
-            raise ConfigError("classify_max_tokens must be >= 8 and draft_max_tokens >= 32")
 
 
 PRESETS = {

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.progress import Progress
 from mastery.core.report import Report
 from mastery.llm.settings import QUALITY_MODEL
@@ -31,20 +34,22 @@ class Config:
     # "embedded": the local llama.cpp server; "scripted": a deterministic fake (tiny, tests)
     llm: Literal["embedded", "scripted"] = "embedded"
     topics: tuple[str, ...] = FULL_TOPICS
-    rounds: int = 2  # most critic reviews per topic
-    k: int = 4  # search hits per query
-    passage_chars: int = 260
-    max_tokens: int = 220
-    max_iter: int = 3  # the researcher's CrewAI iteration bound (writers get one less)
+    rounds: Annotated[int, Interval(ge=1, le=10)] = 2  # most critic reviews per topic
+    k: Annotated[int, Interval(ge=1, le=100)] = 4  # search hits per query
+    passage_chars: Annotated[int, Interval(ge=1, le=100_000)] = 260
+    max_tokens: Annotated[int, Interval(ge=16, le=32_768)] = 220
+    # the researcher's CrewAI iteration bound (writers get one less)
+    max_iter: Annotated[int, Interval(ge=2, le=100)] = 3
     dense: bool = True  # offline search: BM25 + MiniLM fused (False: BM25 only)
     scripted_verdicts: tuple[str, ...] = ("REVISE", "APPROVE")  # the fake critic's verdicts, per topic
     fault_injection: bool = True  # also run one crew on a model that answers garbage: it must end cleanly
-    threads: int | None = None  # llama.cpp threads when the lab starts its own server
+    # llama.cpp threads when the lab starts its own server
+    threads: Annotated[int, Interval(ge=1, le=1024)] | None = None
     # the LLM: a registry GGUF for the embedded backend (None: the configured one, MASTERY_LLM_MODEL). Full
     # presets judge answer quality, which the 0.5B model fails where the 1.5B passes.
     llm_model: str | None = None
-    min_completion_rate: float = 0.8  # runs that end with a usable report
-    min_citation_rate: float = 0.6  # final reports citing at least one retrieved source
+    min_completion_rate: Fraction = 0.8  # runs that end with a usable report
+    min_citation_rate: Fraction = 0.6  # final reports citing at least one retrieved source
     seed: int = 0
 
     def validate(self) -> None:
@@ -52,11 +57,6 @@ class Config:
 
         if not self.topics or any(not t.strip() for t in self.topics):
             raise ConfigError("give at least one non-empty topic")
-        if not 1 <= self.rounds <= 10 or self.k < 1 or self.max_iter < 2:
-            raise ConfigError("rounds must be 1..10, k >= 1 and max_iter >= 2")
-        for name in ("min_completion_rate", "min_citation_rate"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1]")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.

@@ -16,8 +16,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Interval
+
+from mastery.core.config import Fraction
 from mastery.core.labs import new_report
 from mastery.core.progress import Progress
 from mastery.core.report import Report
@@ -31,33 +34,22 @@ REQUIRES: tuple[str, ...] = ("titanic",)  # registered assets the tiny preset re
 
 @dataclass(frozen=True)
 class Config:
-    folds: int = 5  # cross-validation folds for the model's recorded metrics
-    c: float = 1.0  # inverse L2 strength of the logistic regression
-    fuzz_examples: int = 300  # schemathesis cases per operation and mode (valid / invalid input)
-    sequential_requests: int = 500
-    concurrent_requests: int = 2000
-    concurrency: int = 32
-    load_max_seconds: float = 120.0  # stop sending after this long, whatever the count
+    folds: Annotated[int, Interval(ge=2, le=50)] = 5  # cross-validation folds for the model's recorded metrics
+    c: Annotated[float, Interval(gt=0, le=1e6)] = 1.0  # inverse L2 strength of the logistic regression
+    # schemathesis cases per operation and mode (valid / invalid input)
+    fuzz_examples: Annotated[int, Interval(ge=1, le=100_000)] = 300
+    sequential_requests: Annotated[int, Interval(ge=1, le=1_000_000)] = 500
+    concurrent_requests: Annotated[int, Interval(ge=1, le=100_000)] = 2000
+    concurrency: Annotated[int, Interval(ge=1, le=256)] = 32
+    # stop sending after this long, whatever the count
+    load_max_seconds: Annotated[float, Interval(gt=0, le=3600)] = 120.0
     mlflow_round_trip: bool = True  # log the artifact to a throwaway MLflow store and serve-load it back
-    min_cv_f1: float = 0.7
-    max_error_rate: float = 0.0  # failed requests allowed under load
-    max_p99_ms: float = 1000.0  # concurrent p99 bound: generous, this is a shared 2-core machine
+    min_cv_f1: Fraction = 0.7
+    max_error_rate: Fraction = 0.0  # failed requests allowed under load
+    # concurrent p99 bound: generous, this is a shared 2-core machine
+    max_p99_ms: Annotated[float, Interval(gt=0, le=1e6)] = 1000.0
     register: bool = False  # save the served model to the model registry as titanic-logreg
     seed: int = 0
-
-    def validate(self) -> None:
-        from mastery.core.errors import ConfigError
-
-        if self.folds < 2:
-            raise ConfigError("folds must be >= 2")
-        if self.c <= 0:
-            raise ConfigError("c must be > 0")
-        if min(self.fuzz_examples, self.sequential_requests, self.concurrent_requests, self.concurrency) < 1:
-            raise ConfigError("fuzz_examples, request counts and concurrency must be >= 1")
-        if self.concurrency > 256 or self.concurrent_requests > 100_000:
-            raise ConfigError("concurrency must be <= 256 and concurrent_requests <= 100000 (a bounded load)")
-        if self.load_max_seconds <= 0 or self.max_p99_ms <= 0 or not 0 <= self.max_error_rate <= 1:
-            raise ConfigError("load_max_seconds and max_p99_ms must be > 0, max_error_rate in [0, 1]")
 
 
 # The numbers that summarise a run: the README table and the conformance test read them from here.
