@@ -482,7 +482,7 @@ class _quiet:
     """httpx logs every request and uvicorn a traceback per dropped connection: keep them out of the lab log."""
 
     names = ("httpx", "httpcore", "uvicorn.error", "mastery.llm.client", "mastery.agents.resilience",
-             "mastery.serving.access", "mastery.serving.agent", "mastery.agents.react")
+             "mastery.serving.access", "mastery.serving.agent", "mastery.agents.react", "mastery.serving.auth")
 
     def __enter__(self) -> None:
         self.levels = [(lg, lg.level) for lg in map(logging.getLogger, self.names)]

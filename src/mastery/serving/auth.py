@@ -297,8 +297,11 @@ class TrustedHosts:
 
         request_id = scope.get("state", {}).get("request_id") or request_id_from(None)
         shown = (header or "")[:60]
-        body = ErrorResponse(error=f"Host: {shown!r} is not a host this server answers to (allowed: "
-                                   f"{', '.join(self.allowed)})", request_id=request_id).model_dump_json().encode()
+        # the allowed names stay in the server's log, not in the answer: a rebinding page can read this one
+        log.warning("refused Host %r (allowed: %s)", shown, ", ".join(self.allowed),
+                    extra={"fields": {"event": "host_refused", "request_id": request_id}})
+        body = ErrorResponse(error=f"Host: {shown!r} is not a host this server answers to",
+                             request_id=request_id).model_dump_json().encode()
         await send({"type": "http.response.start", "status": 400,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
