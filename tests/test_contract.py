@@ -4,11 +4,12 @@ import importlib
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
+from annotated_types import Gt, Interval
 
-from mastery.core.config import apply_overrides, check_literals
+from mastery.core.config import Unbounded, apply_overrides, check_literals
 from mastery.core.contract import check_lab
 from mastery.core.errors import ConfigError
 from mastery.core.index import README_END, README_START, labs_table
@@ -86,3 +87,33 @@ def test_readme_lab_table_is_generated_from_the_labs(monkeypatch):
     for lesson in IMPLEMENTED:
         for name in importlib.import_module(lesson.lab_module).HEADLINE:
             assert f"`{name}`" in block
+
+
+def test_numbers_without_a_range_are_reported():
+    @dataclass(frozen=True)
+    class Loose:
+        epochs: int = 3  # no range: a count that could run for ever
+        lr: Annotated[float, Gt(0)] = 0.1  # a lower bound alone is not a range
+        sizes: tuple[int, ...] = (1,)  # tuple items count too
+        cap: Annotated[int, Interval(ge=1, le=10)] | None = None
+        fine: Annotated[float, Interval(ge=0, le=1)] = 0.5
+        free: Annotated[float, Unbounded("any offset is meaningful")] = 0.0
+        seed: int = 0  # bounded by the generic rule
+
+    module = _module(Config=Loose, PRESETS={"tiny": Loose(), "full": Loose()}, HEADLINE=("a",), REQUIRES=(),
+                     run=_run)
+    reported = {p.split("Config.")[1].split(":")[0] for p in check_lab(module) if "without a range" in p}
+    assert reported == {"epochs", "lr", "sizes"}
+
+
+def test_a_preset_outside_its_declared_range_is_reported():
+    @dataclass(frozen=True)
+    class Ranged:
+        epochs: Annotated[int, Interval(ge=1, le=10)] = 3
+        seed: int = 0
+
+    module = _module(Config=Ranged, PRESETS={"tiny": Ranged(epochs=0), "full": Ranged(seed=-5)}, HEADLINE=("a",),
+                     REQUIRES=(), run=_run)
+    problems = check_lab(module)
+    assert any("PRESETS['tiny'] does not validate: epochs=0: must be >= 1" in p for p in problems), problems
+    assert any("PRESETS['full'] does not validate: seed=-5: must be >= 0" in p for p in problems), problems
