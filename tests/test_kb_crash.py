@@ -7,10 +7,12 @@ lands exactly where it is meant to, with no sleeps.
 
 from __future__ import annotations
 
+import fcntl
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,7 +47,7 @@ print("finished", flush=True)
 """.replace("SIZE", str(SIZE)).replace("OVERLAP", str(OVERLAP))
 
 
-def _kill_ingest_at(store: Path, stop: str, paths: list[Path]) -> None:
+def _kill_ingest_at(store: Path, stop: str, paths: list[Path], while_paused: Callable[[], None] | None = None) -> None:
     """Run an ingest in a child process and SIGKILL it when it reaches ``stop`` ("end": let it finish).
 
     Every write to ``store`` happens in children, and this process opens it only afterwards: an embedded
@@ -62,6 +64,8 @@ def _kill_ingest_at(store: Path, stop: str, paths: list[Path]) -> None:
         if line.strip() != f"paused at {stop}":
             proc.kill()
             raise AssertionError(f"the ingest did not stop at {stop!r}: {line!r} {proc.communicate()[1][-2000:]}")
+        if while_paused:
+            while_paused()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -154,6 +158,23 @@ def test_replacing_ingest_killed_at_each_step(tmp_path, corpus, stop):  # noqa: 
         assert (again.replaced, again.unchanged) == (1, len(paths) - 1) and again.deleted_chunks == old_notes
         assert again.resumed_chunks == (0 if stop == "intent" else 2 * int(stop.split()[1]))
     _assert_whole(kb, after)
+
+
+def _try_lock(path: Path) -> bool:
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
+
+
+def test_ingests_into_one_folder_take_turns_and_a_kill_frees_the_lock(tmp_path, corpus):  # noqa: F811
+    store, seen = tmp_path / "kb", []
+    _kill_ingest_at(store, "batch 1", _files(corpus), while_paused=lambda: seen.append(_try_lock(
+        store / "mastery-ingest.lock")))
+    assert seen == [False] and _try_lock(store / "mastery-ingest.lock")  # held while it ran, freed by the kill
 
 
 def test_unchanged_means_every_chunk_is_stored(tmp_path, corpus):  # noqa: F811

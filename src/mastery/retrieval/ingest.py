@@ -34,21 +34,28 @@ What a ``kill -9`` leaves, by the step it lands in (visible = what every read re
 
 A query running *during* an ingest sees the state before it until the commit, then the state after it; one
 whose manifest read falls just before the commit and whose search falls after step 5 may miss the replaced
-files for that one query. Two ingests into the same collection at once are not supported (the manifest is
-read-modify-write without a lock): the later commit wins and the other run's chunks stay hidden until the
-next ingest removes them. Ready documents (:func:`ingest_documents`) are written with ``upsert``: each
-document is replaced atomically, but an ingest cut short leaves some documents new and some old until rerun.
+files for that one query. Ingests into one folder take turns (an ``flock`` on ``<folder>/mastery-ingest.lock``,
+released by the kernel when a process dies); ingests into one *server* collection at once are not supported:
+the manifest is read-modify-write, so the later commit drops the earlier one's entries and those chunks show
+until their files are ingested again (the next ingest of a file removes every version it does not commit).
+An embedded store (a folder) belongs to one process at a time: Chroma keeps its
+vector index in memory, so a process that had the folder open does not see another process's writes in its
+searches (use a ``chroma run`` server for that). Ready documents (:func:`ingest_documents`) are written with
+``upsert``: each document is replaced atomically, but an ingest cut short leaves some documents new and some
+old until it is rerun.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +80,7 @@ if TYPE_CHECKING:
     from mastery.retrieval.kb import KnowledgeBase
 
 log = logging.getLogger(__name__)
-EMBED_STEP = 256  # chunks embedded and written per batch: bounded memory and a progress step each
+EMBED_STEP = 64  # chunks embedded and written per batch: bounded memory, and a progress step every few seconds on a CPU
 
 
 @dataclass
@@ -173,6 +180,31 @@ def ingest_files(kb: KnowledgeBase, paths: Sequence[str | Path], collection: str
             if not skip_errors:
                 raise
             result.skipped.append(str(exc))
+    with _ingest_lock(kb):
+        return _ingest_loaded(kb, files, collection, chunk_size, chunk_overlap, result, start, progress)
+
+
+@contextlib.contextmanager
+def _ingest_lock(kb: KnowledgeBase) -> Iterator[None]:
+    """One ingest at a time per store folder (a server store has no folder here: no lock)."""
+    folder = Path(kb.location)
+    if kb.location.startswith(("http://", "https://")) or not folder.is_dir():
+        yield
+        return
+    with open(folder / "mastery-ingest.lock", "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another ingest into %s to finish", folder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _ingest_loaded(kb: KnowledgeBase, files: list[SourceFile], collection: str, chunk_size: int,
+                   chunk_overlap: int, result: IngestResult, start: float, progress: Progress) -> IngestResult:
     col = kb._collection(collection, create=True)
     manifest = _Manifest.read(col.metadata)
     original = copy.deepcopy(manifest)  # what an error puts back
