@@ -160,6 +160,16 @@ def test_replacing_ingest_killed_at_each_step(tmp_path, corpus, stop):  # noqa: 
     _assert_whole(kb, after)
 
 
+def test_a_killed_first_ingest_does_not_bind_the_collection_to_its_model(tmp_path, corpus):  # noqa: F811
+    store = tmp_path / "kb"
+    _kill_ingest_at(store, "batch 1", _files(corpus))
+    other = HashEmbedder()
+    other.name = "another-model"
+    kb = KnowledgeBase.open(store, other)
+    assert kb.ingest_files(_files(corpus), "docs", chunk_size=SIZE, chunk_overlap=OVERLAP).added == 4
+    assert kb.stats("docs")[0].embedder == "another-model" and kb.count("docs") == _raw_count(kb)
+
+
 def _try_lock(path: Path) -> bool:
     with open(path, "a+b") as fh:
         try:

@@ -150,9 +150,14 @@ class KnowledgeBase:
                                      "starting and ending with a letter or digit")
         if create:
             # embedding_function=None: Chroma must never attach (and later download) its default model.
-            col = self.client.get_or_create_collection(
-                name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
-                metadata={"embedder": self.embedder.name, "created_by": "mastery", NEW_KEY: True})
+            meta = {"embedder": self.embedder.name, "created_by": "mastery", NEW_KEY: True}
+            col = self.client.get_or_create_collection(name, embedding_function=None, metadata=meta,
+                                                       configuration={"hnsw": {"space": "cosine"}})
+            if (col.metadata or {}).get(NEW_KEY) and col.metadata.get("embedder") != self.embedder.name:
+                # A first ingest with another model died before committing: nothing of it was ever visible.
+                self.client.delete_collection(name)
+                col = self.client.create_collection(name, embedding_function=None, metadata=meta,
+                                                    configuration={"hnsw": {"space": "cosine"}})
         else:
             try:
                 col = self.client.get_collection(name, embedding_function=None)
