@@ -252,8 +252,122 @@ def test_a_bug_is_a_json_500_with_the_request_id(trained, artifact):
     loaded = LoadedArtifact(model=Flaky(), meta=artifact[1], path=artifact[0])
     with ServerThread(create_app(loaded)) as srv, httpx.Client(trust_env=False) as c:
         response = c.post(srv.url + "/predict", json=BODIES[0], headers={"X-Request-ID": "bug-1"})
-    assert response.status_code == 500
+    assert response.status_code == 500 and response.headers["x-request-id"] == "bug-1"
     assert response.json()["request_id"] == "bug-1" and "boom" not in response.text  # no internals leaked
+
+
+_JSON = {"Content-Type": "application/json"}
+_DUPLICATE = b'{"Pclass": 1, "Sex": "female", "SibSp": 0, "Parch": 0, "Fare": 30.0, "Pclass": 3}'
+ERROR_PROBES = [  # (what, method, path, content, headers, status)
+    ("unknown route", "GET", "/nope", None, {}, 404),
+    ("wrong method", "GET", "/predict", None, {}, 405),
+    ("chunked body", "POST", "/predict", iter([b"{}"]), _JSON, 411),
+    ("600 kB body", "POST", "/predict", b"{" + b" " * 600_000 + b"}", _JSON, 413),
+    ("text/plain body", "POST", "/predict", json.dumps(BODIES[0]).encode(), {"Content-Type": "text/plain"}, 415),
+    ("no Content-Type", "POST", "/predict", json.dumps(BODIES[0]).encode(), {}, 415),
+    ("schema violation", "POST", "/predict", json.dumps({**BODIES[0], "Pclass": 9}).encode(), _JSON, 422),
+    ("not JSON", "POST", "/predict", b'{"Pclass": ', _JSON, 422),
+    ("duplicate key", "POST", "/predict", _DUPLICATE, _JSON, 422),
+]
+
+
+@pytest.mark.parametrize(("what", "method", "path", "content", "headers", "status"), ERROR_PROBES,
+                         ids=[p[0] for p in ERROR_PROBES])
+def test_every_error_response_carries_the_request_id(client, what, method, path, content, headers, status):
+    sent = f"probe-{status}"
+    response = client.request(method, path, content=content, headers={**headers, "X-Request-ID": sent})
+    assert response.status_code == status, response.text
+    assert response.headers["x-request-id"] == sent and response.json()["request_id"] == sent
+    # and without one from the caller, a fresh id that the body repeats
+    if not isinstance(content, type(iter([]))):
+        again = client.request(method, path, content=content, headers=headers)
+        assert len(again.headers["x-request-id"]) == 32 and again.json()["request_id"] == again.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(("path", "body", "key"), [
+    ("/predict", _DUPLICATE, "Pclass"),
+    ("/predict/batch", b'{"passengers": [{"Pclass": 1, "Sex": "male", "Sex": "female", "SibSp": 0, "Parch": 0, '
+                       b'"Fare": 1.0}]}', "Sex"),
+    ("/predict/batch", b'{"passengers": [], "passengers": [{"Pclass": 1}]}', "passengers"),
+])
+def test_duplicate_json_keys_are_a_422_naming_the_key(client, path, body, key):
+    response = client.post(path, content=body, headers=_JSON)
+    assert response.status_code == 422, response.text
+    payload = response.json()
+    assert f"{key}: duplicate key" in payload["error"] and payload["detail"][0]["field"] == key
+    assert "\n" not in payload["error"]
+
+
+def test_deeply_nested_json_is_a_422_not_a_500(client):
+    response = client.post("/predict", content=b"[" * 100_000 + b"]" * 100_000, headers=_JSON)
+    assert response.status_code == 422 and response.headers["x-request-id"]
+
+
+def test_loads_strict_rejects_only_repeated_keys():
+    from mastery.serving.http import DuplicateKeyError, loads_strict
+
+    assert loads_strict('{"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}') == {"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}
+    with pytest.raises(DuplicateKeyError) as info:
+        loads_strict('{"x": [{"age": 1, "age": 2}]}')
+    assert info.value.key == "age"
+
+
+# -- the threshold is covered by the artifact's sha256 -------------------------------------------------
+def test_threshold_lives_inside_the_hashed_file(artifact):
+    loaded = load_artifact(artifact[0])
+    assert "threshold" in loaded.covered and loaded.meta["threshold"] == 0.5
+    assert json.loads(sidecar_path(artifact[0]).read_text())["in_artifact"] == ["labels", "threshold"]
+
+
+@pytest.mark.parametrize("value", [0.9, "0.5", None])
+def test_an_edited_sidecar_threshold_is_refused_at_load(artifact, tmp_path, value):
+    path = copy_artifact(artifact[0], tmp_path / "m.skops")
+    side = sidecar_path(path)
+    side.write_text(json.dumps({**json.loads(side.read_text()), "threshold": value}))
+    refusal = r"sidecar's threshold .* differs from the 0\.5 inside the hashed file"
+    with pytest.raises(ArtifactError, match=refusal) as info:
+        load_artifact(path)
+    assert "\n" not in str(info.value)
+
+
+def test_the_cli_refuses_an_edited_threshold_with_one_line_and_exit_2(artifact, tmp_path, capsys, monkeypatch):
+    import uvicorn
+
+    from mastery.cli import main
+
+    def no_serving(*args, **kwargs):
+        raise AssertionError("the server started with an edited threshold")
+
+    monkeypatch.setattr(uvicorn, "run", no_serving)
+    path = copy_artifact(artifact[0], tmp_path / "m.skops")
+    side = sidecar_path(path)
+    side.write_text(json.dumps({**json.loads(side.read_text()), "threshold": 0.01}))
+    assert main(["predict", "serve", "--artifact", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "threshold" in err[0] and err[0].startswith("mastery: error:")
+
+
+def test_an_old_style_artifact_serves_only_the_default_threshold(trained, tmp_path):
+    from mastery.serving.predict_api import create_app
+
+    old = tmp_path / "old.skops"  # the bare estimator, the threshold only in the sidecar (no hash covers it)
+    save_artifact(trained.model, old, name="titanic-survival", extra={"threshold": 0.5})
+    assert load_artifact(old).covered == ()
+    create_app(old)  # the default: served
+    side = sidecar_path(old)
+    side.write_text(json.dumps({**json.loads(side.read_text()), "threshold": 0.2}))
+    with pytest.raises(ArtifactError, match="not covered by the file's sha256"):
+        create_app(old)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 2.0, float("nan"), True, "0.5"])
+def test_an_out_of_range_threshold_inside_the_file_is_refused_at_start(trained, tmp_path, value):
+    from mastery.serving.predict_api import create_app
+
+    path = tmp_path / "odd.skops"
+    save_artifact(trained.model, path, name="titanic-survival", serving={"threshold": value})
+    with pytest.raises(ArtifactError, match=r"threshold .* is not a number strictly between 0 and 1"):
+        create_app(path)
 
 
 def test_a_model_that_cannot_score_the_schema_is_refused_at_start(artifact):
@@ -301,6 +415,23 @@ def test_server_process_serves_and_stops(artifact, tmp_path):
         assert s.connect_ex(("127.0.0.1", proc.port)) != 0
     lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.strip()]
     assert any(r.get("path") == "/health" and r.get("status") == 200 for r in lines)
+
+
+def test_sigterm_removes_the_servers_temporary_folder(artifact, tmp_path, monkeypatch):
+    import signal
+
+    from mastery.serving.server import ServerProcess
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the child's tempfile.gettempdir()
+    with ServerProcess(artifact[0], tmp_path / "server.log") as proc:  # returns once /health answers 200
+        assert [p.name[:14] for p in scratch.iterdir()] == ["mastery-serve-"]  # the folder exists while serving
+        child = proc._proc
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 0
+    assert list(scratch.iterdir()) == [], "the temporary folder must be removed on SIGTERM"
+    assert "stopped by SIGTERM" in (tmp_path / "server.log").read_text()
 
 
 def test_cli_refuses_a_bad_model_with_exit_code_2(tmp_path, capsys):

@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     chroma_url: str | None = Field(default=None, description="a `chroma run` server; wins over MASTERY_KB_DIR")
     kb_max_file_mb: float = Field(default=20.0, gt=0, allow_inf_nan=False,
                                   description="largest file a knowledge-base ingest accepts, in MB (10^6 bytes)")
-    crewai_dir: Path | None = Field(default=None, description="CrewAI storage folder (default <tmp>/mastery-crewai)")
+    crewai_dir: Path | None = Field(default=None,
+                                    description="CrewAI storage folder, user-only (default <cache>/crewai)")
     price_table: Path | None = Field(default=None, description="LLM price table file, JSON or TOML (default: all 0)")
     api_keys_file: Path | None = Field(default=None, description="hashed API keys of the HTTP services "
                                        "(default <cache>/api-keys.json; see 'mastery keys')")

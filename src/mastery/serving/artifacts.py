@@ -12,6 +12,12 @@ plus NumPy arrays and only constructs types it is told to trust. Loading here th
 
 The sha256 guards integrity (a truncated copy, an edited file); the allow-list is the security
 boundary (someone who can rewrite both the file and the sidecar still cannot smuggle in a callable).
+
+Values that change the answers without changing the estimator (the decision ``threshold``, the labels)
+are saved *inside* the skops file, next to the estimator (``{"model": ..., "serving": {...}}``), so the
+sha256 and any pinned version cover them; the sidecar holds a copy for readers, and a copy that differs
+from the file's is refused at load. Files saved before this hold the bare estimator: their sidecar's
+values are not covered, and :attr:`LoadedArtifact.covered` is empty so a server can refuse or ignore them.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class LoadedArtifact:
     model: Any
     meta: dict[str, Any]
     path: Path
+    covered: tuple[str, ...] = ()  # meta keys whose values came from inside the hashed file
 
     @property
     def version(self) -> str:
@@ -84,16 +91,19 @@ def _library_versions() -> dict[str, str]:
 
 
 def save_artifact(model: Any, path: str | Path, *, name: str, feature_schema: dict[str, Any] | None = None,
-                  training: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  training: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                  serving: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``model`` to ``path`` with skops and its sidecar next to it; return the sidecar's content.
 
+    ``serving`` holds the values that change answers (e.g. ``threshold``): they go inside the skops file,
+    covered by its sha256, and are copied into the sidecar. ``extra`` is descriptive and sidecar-only.
     The version is the first 12 hex digits of the file's sha256: it names exactly these bytes (skops
     files embed object ids, so saving the same model twice gives two versions).
     """
     sio = require("skops.io", "serve")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sio.dump(model, path)
+    sio.dump({"model": model, "serving": dict(serving)} if serving else model, path)
     digest = sha256_file(path)
     meta = {
         "name": name,
@@ -108,6 +118,8 @@ def save_artifact(model: Any, path: str | Path, *, name: str, feature_schema: di
         "libraries": _library_versions(),
         "untrusted_types_needed": sorted(sio.get_untrusted_types(file=path)),
         **(extra or {}),
+        **(serving or {}),
+        "in_artifact": sorted(serving or {}),
     }
     sidecar_path(path).write_text(json.dumps(meta, indent=2, sort_keys=True))
     log.info("saved %s version %s to %s", name, meta["version"], path)
@@ -161,13 +173,23 @@ def load_artifact(path: str | Path, *, trusted: tuple[str, ...] = TRUSTED_TYPES,
         model = sio.load(path, trusted=list(trusted))
     except Exception as exc:
         raise ArtifactError(f"{path.name} could not be loaded by skops: {exc}") from exc
+    covered: tuple[str, ...] = ()
+    if isinstance(model, dict) and set(model) == {"model", "serving"} and isinstance(model["serving"], dict):
+        serving, model = model["serving"], model["model"]
+        for key, value in sorted(serving.items()):
+            # compared as JSON: the sidecar's form of the value (and NaN equals NaN there)
+            if key in meta and json.dumps(meta[key], sort_keys=True) != json.dumps(value, sort_keys=True):
+                raise ArtifactError(f"{path.name}: the sidecar's {key} {meta[key]!r} differs from the {value!r} "
+                                    "inside the hashed file: the sidecar was edited; refusing to load")
+        meta = {**meta, **serving}
+        covered = tuple(sorted(serving))
     saved_sklearn = meta.get("libraries", {}).get("scikit-learn")
     now_sklearn = _library_versions().get("scikit-learn")
     if saved_sklearn and saved_sklearn != now_sklearn:
         log.warning("%s was saved with scikit-learn %s, running %s: retrain if predictions look off",
                     path.name, saved_sklearn, now_sklearn)
     log.info("loaded %s version %s from %s", meta["name"], meta["version"], path)
-    return LoadedArtifact(model=model, meta=meta, path=path)
+    return LoadedArtifact(model=model, meta=meta, path=path, covered=covered)
 
 
 # -- MLflow: the run stores the two files; loading downloads them and goes through load_artifact ----------

@@ -45,6 +45,25 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _threshold(loaded: LoadedArtifact) -> float:
+    """The decision threshold, only from inside the hashed file; refused at start-up, never at request time.
+
+    An artifact saved before the threshold lived inside the skops file holds the bare estimator: its
+    sidecar's threshold is covered by no hash, so it is accepted only when it is the default.
+    """
+    name = loaded.path.name
+    if "threshold" not in loaded.covered:
+        if "threshold" in loaded.meta and loaded.meta["threshold"] != THRESHOLD:
+            raise ArtifactError(f"{name}: the sidecar's threshold {loaded.meta['threshold']!r} is not covered by the "
+                                f"file's sha256 (an artifact from before thresholds were saved inside it); re-save "
+                                f"it with 'mastery predict train' or restore the default {THRESHOLD}")
+        return THRESHOLD
+    value = loaded.meta["threshold"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise ArtifactError(f"{name}: threshold {value!r} is not a number strictly between 0 and 1")
+    return float(value)
+
+
 def create_app(artifact: str | Path | LoadedArtifact | None = None, *, model: str | None = None,
                expected_sha256: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                scoring_threads: int = 1) -> Any:
@@ -76,7 +95,7 @@ def create_app(artifact: str | Path | LoadedArtifact | None = None, *, model: st
         raise ValueError("scoring_threads must be >= 1")
     meta, version = loaded.meta, loaded.version
     limiter: dict[str, Any] = {}  # created on first use, inside the server's event loop
-    threshold = float(meta.get("threshold", THRESHOLD))
+    threshold = _threshold(loaded)
     app = FastAPI(
         title="mastery prediction API",
         version=version,

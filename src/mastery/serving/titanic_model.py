@@ -58,7 +58,7 @@ def save_titanic(trained: TrainedModel, path: str | Path) -> dict[str, Any]:
 
     return save_artifact(trained.model, path, name=MODEL_NAME, feature_schema=Passenger.model_json_schema(),
                          training=trained.training,
-                         extra={"threshold": THRESHOLD, "labels": {str(k): v for k, v in LABELS.items()}})
+                         serving={"threshold": THRESHOLD, "labels": {str(k): v for k, v in LABELS.items()}})
 
 
 def register_titanic(model_path: str | Path, *, metrics: dict[str, float] | None = None,

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,13 +35,49 @@ OFFLINE_ENV = {
 }
 
 
+def private_folder(path: str | Path) -> Path:
+    """``path`` as a folder only the current user can enter, or a one-line ``ConfigError``.
+
+    A missing folder is created with one ``mkdir(mode=0o700)`` (atomic: nobody can slip a symlink or their
+    own folder in between a check and the creation). An existing one must be a real folder (not a
+    symlink), owned by this uid, with no permissions for group or others: a fixed name in a shared place
+    such as ``/tmp`` could otherwise be created first by another user, who would then read or plant files.
+    """
+    import stat
+
+    from mastery.core.errors import ConfigError
+
+    path = Path(path).expanduser().absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)  # the umask can only remove bits
+        return path
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} exists and is not a folder (a symlink or a file): refusing to use it")
+    if info.st_uid != os.getuid():
+        raise ConfigError(f"{path} belongs to uid {info.st_uid}, not to this user ({os.getuid()}): refusing to use "
+                          "it; point the setting at a folder of your own")
+    if info.st_mode & 0o077:
+        raise ConfigError(f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}): run "
+                          f"'chmod 700 {path}' or choose another folder")
+    return path
+
+
 def crewai_offline(storage_dir: str | None = None) -> Any:
-    """Set CrewAI's opt-outs (before its first import) and return the ``crewai`` module."""
+    """Set CrewAI's opt-outs (before its first import) and return the ``crewai`` module.
+
+    CrewAI keeps its memory and task outputs in ``CREWAI_STORAGE_DIR``: here ``storage_dir``, else
+    ``MASTERY_CREWAI_DIR``, else ``<MASTERY_CACHE>/crewai`` (per user), always a private folder.
+    """
     os.environ.update(OFFLINE_ENV)
     from mastery.core.settings import get_settings
 
-    folder = storage_dir or get_settings().crewai_dir or Path(tempfile.gettempdir()) / "mastery-crewai"
-    os.environ["CREWAI_STORAGE_DIR"] = str(Path(folder).absolute())
+    settings = get_settings()
+    folder = private_folder(storage_dir or settings.crewai_dir or settings.cache / "crewai")
+    os.environ["CREWAI_STORAGE_DIR"] = str(folder)
     import crewai
 
     return crewai
