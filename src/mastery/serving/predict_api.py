@@ -5,8 +5,9 @@ Endpoints: ``POST /predict`` (one passenger), ``POST /predict/batch`` (1 to 100)
 
 Every response carries an ``X-Request-ID`` (the caller's, when it is a safe token) and every request
 produces one JSON access-log line with that id. Bad input is always a 4xx with an ``ErrorResponse``
-body whose ``error`` line names the fields: 422 for schema violations and malformed JSON, 411/413 for
-a missing or oversized body, 404/405 for unknown routes. A 500 means a bug in this code.
+body whose ``error`` line names the fields: 422 for schema violations, malformed JSON and repeated keys,
+411/413 for a missing or oversized body, 415 for a body that is not JSON, 404/405 for unknown routes.
+A 500 means a bug in this code; it carries the request id too.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint signatures at runtime, and the
@@ -40,7 +41,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "the body could not be read (not UTF-8) or a bad Content-Length"},
     411: {"model": ErrorResponse, "description": "no Content-Length header"},
     413: {"model": ErrorResponse, "description": f"body larger than {MAX_BODY_BYTES} bytes"},
-    422: {"model": ErrorResponse, "description": "the body is not valid JSON or breaks the schema; "
+    415: {"model": ErrorResponse, "description": "a Content-Type other than application/json"},
+    422: {"model": ErrorResponse, "description": "the body is not valid JSON, repeats a key or breaks the schema; "
                                                  "`error` and `detail` name the fields"},
 }
 
