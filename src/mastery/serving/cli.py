@@ -151,8 +151,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     log.info("agent API: primary %s (%s), fallback %s, runs in %s", primary_url, model, args.fallback_url or "none",
              args.db)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                    timeout_graceful_shutdown=5)
+        with _sigterm_unwinds():  # without it uvicorn's re-raised SIGTERM skips close() (runs left mid-state)
+            uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                        timeout_graceful_shutdown=5)
+    except _Terminated:
+        log.info("stopped by SIGTERM; runs database closed")
     finally:
         app.state.close()
     return 0
