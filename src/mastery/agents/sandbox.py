@@ -1,22 +1,34 @@
-"""Run untrusted Python (the agent's ``python`` tool) in a separate, limited process.
+"""Run untrusted Python (the agent's ``python`` tool) in a sandbox whose boundary is the operating system.
 
     result = run_python("print(sum(range(10)))", timeout_s=5, memory_mb=256)
     result.stdout            # "45\\n"
 
-Layers, each cheap and each covering another's gaps:
+The code runs under bubblewrap (:mod:`mastery.agents.sandbox_bwrap` builds the command line):
 
-- a separate ``python -I`` process (isolated mode: no PYTHON* variables, no user site) in a fresh temporary
-  folder, with a stripped environment (no API keys, no proxies), in its own process group;
-- resource limits set in the child before the code runs: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE
-  (largest file it may write), RLIMIT_NPROC (no new processes; not enforced for root, hence the hook);
-- an audit hook (PEP 578) in the child that refuses sockets, subprocesses, exec/fork/system, ctypes, and
-  writes outside the temporary folder;
-- where ``unshare -rn`` works, a private network namespace with no interfaces at all;
-- like Python's interactive prompt, a final bare expression is printed;
-- a wall-clock timeout in the parent that kills the whole process group; output is captured and truncated.
+- as an unprivileged user (uid 65534 when the caller is root, else the caller's own uid), with no capabilities,
+  no supplementary groups and ``no_new_privs``, in new user, mount, PID, IPC, UTS and network namespaces;
+- seeing a read-only minimum: ``/usr``, the loader cache, the interpreter and the environment's site-packages
+  (numpy and the other installed libraries import). Not the project, ``/root``, the home folder, ``/etc/shadow``
+  or any other file of the host; ``/proc`` shows only the sandbox's own processes;
+- writing only to a private, size-limited tmpfs (``/tmp``, with the working folder ``/tmp/work``) that vanishes
+  with the run; the network namespace has no interface but a down loopback, so nothing is reachable, not even
+  127.0.0.1 on the host;
+- under limits that bind because the uid is not root: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE,
+  RLIMIT_NPROC (by default no new process or thread), RLIMIT_NOFILE; core dumps off;
+- until a wall-clock deadline, at which the namespace's init is killed and the kernel kills every process left
+  in the namespace (``setsid`` and double forks included) before this function returns.
 
-The audit hook is a guard rail against a confused model, not a security boundary against a determined attacker
-(CPython code can reach the interpreter's internals); the namespace and the limits are what bound the damage.
+An audit hook (PEP 578) inside is a second line, there to give a confused model a clear message: it refuses
+sockets, processes, ctypes and writes outside the working folder (``dir_fd`` paths resolved). CPython code can
+get around such a hook, which is why the operating system is the boundary.
+
+Where bubblewrap is missing or the host cannot create the namespaces (checked once per bwrap path), the tool
+refuses to run code and says why; it never falls back to a weaker mode.
+
+What this does not protect against: kernel vulnerabilities reachable from an unprivileged process (the sandbox
+makes the kernel's system-call interface its boundary; there is no seccomp filter), CPU side channels, use of
+resources within the limits (a run may use its CPU time, memory, 32 MB of tmpfs and its output budget), and
+reading what is deliberately visible (``/usr``, the interpreter and the installed packages).
 """
 
 from __future__ import annotations
@@ -24,28 +36,42 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import IO
 
+from mastery.agents import sandbox_bwrap
 from mastery.agents.types import ToolError
 
 log = logging.getLogger(__name__)
 
-# Runs in the child (python -I -c) before the user's code; argv: memory bytes, cpu seconds, max file bytes.
+# Runs in the child (python -I -c) before the user's code.
+# argv: memory bytes, cpu seconds, max file bytes, extra tasks, max open files, audit hook (0/1), site dirs...
 _BOOTSTRAP = r'''
 import os, resource, sys
-mem, cpu, fsize = (int(a) for a in sys.argv[1:4])
+mem, cpu, fsize, extra, nofile, audit = (int(a) for a in sys.argv[1:7])
+sys.path.extend(sys.argv[7:])
+# Fail closed: never run the code with root's uid or any capability, whatever the launcher did.
+_status = open("/proc/self/status").read()
+if os.getuid() == 0 or os.geteuid() == 0 or "CapEff:\t0000000000000000" not in _status:
+    sys.exit("sandbox: refusing to run with root or capabilities")
+# RLIMIT_NPROC counts this uid's tasks in the sandbox's user namespace: those already there plus `extra`.
+_uid, _tasks = os.getuid(), 0
+for _p in os.listdir("/proc"):
+    if _p.isdigit():
+        try:
+            _tasks += os.stat("/proc/" + _p).st_uid == _uid
+        except OSError:
+            pass
 resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+resource.setrlimit(resource.RLIMIT_NPROC, (_tasks + extra, _tasks + extra))
+resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 sys.dont_write_bytecode = True
 _root = os.path.realpath(os.getcwd()) + os.sep
 _code = open("main.py", encoding="utf-8").read()
@@ -57,15 +83,23 @@ _BLOCKED = {"socket.__new__": "network access", "socket.connect": "network acces
             "os.forkpty": "starting processes", "os.kill": "signalling processes", "ctypes.dlsym": "ctypes",
             "ctypes.cdata": "ctypes"}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+# Positions of the dir_fd arguments in each event (-1: none), so relative paths resolve against the right folder.
+_DIR_FDS = {"os.remove": (1,), "os.rmdir": (1,), "os.mkdir": (2,), "os.chmod": (2,), "os.symlink": (2,),
+            "os.chown": (3,), "os.utime": (3,), "os.rename": (2, 3), "os.link": (2, 3)}
 _PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link", "os.symlink",
                 "os.truncate", "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.move"}
 
-def _inside(path):
+def _resolve(path, dir_fd):
+    p = os.fsdecode(path)
+    if dir_fd is not None and dir_fd != -1 and not os.path.isabs(p):
+        p = os.path.join(os.readlink("/proc/self/fd/%d" % dir_fd), p)
+    return p
+
+def _inside(path, dir_fd=None):
     try:
-        p = os.fsdecode(path) if not isinstance(path, int) else None
+        return (os.path.realpath(_resolve(path, dir_fd)) + os.sep).startswith(_root)
     except Exception:
         return False
-    return p is not None and (os.path.realpath(p) + os.sep).startswith(_root)
 
 def _hook(event, args):
     if event in _BLOCKED:
@@ -75,16 +109,37 @@ def _hook(event, args):
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & _WRITE_FLAGS)
         if writing and not _inside(args[0]):
             raise PermissionError(f"sandbox: writing outside the working folder is not allowed ({args[0]})")
-    elif event in _PATH_EVENTS and args and not all(_inside(a) for a in args[:2] if isinstance(a, (str, bytes))):
-        raise PermissionError(f"sandbox: changing files outside the working folder is not allowed ({event})")
+    elif event in _PATH_EVENTS and args:
+        fds = [args[i] if i < len(args) else None for i in _DIR_FDS.get(event, ())]
+        paths = [a for a in args[:2] if isinstance(a, (str, bytes))]
+        if event in ("os.symlink", "shutil.copyfile"):
+            paths = paths[1:]  # a link's target is only text, a copy's source is only read: where it lands matters
+        for i, p in enumerate(paths):
+            if not _inside(p, fds[i] if i < len(fds) else (fds[0] if fds else None)):
+                raise PermissionError(f"sandbox: changing files outside the working folder is not allowed ({event})")
+
+if audit:
+    import _posixsubprocess, posix
+    _os_open = os.open
+    def _open(path, flags, mode=0o777, *, dir_fd=None):
+        # The "open" audit event carries no dir_fd: check it here
+        if flags & _WRITE_FLAGS and dir_fd is not None and not _inside(path, dir_fd):
+            raise PermissionError(f"sandbox: writing outside the working folder is not allowed ({path})")
+        return _os_open(path, flags, mode, dir_fd=dir_fd)
+    def _no_fork_exec(*args, **kwargs):  # raises no audit event of its own
+        raise PermissionError("sandbox: starting processes is not allowed (_posixsubprocess.fork_exec)")
+    os.open = posix.open = _open
+    _posixsubprocess.fork_exec = _no_fork_exec
+    del _posixsubprocess, posix
 
 import ast
 _tree = ast.parse(_code, "main.py")
 # Like the interactive prompt, a final bare expression is printed: models often end with `total` not `print(total)`.
 _last = _tree.body.pop() if _tree.body and isinstance(_tree.body[-1], ast.Expr) else None
 _globals = {"__name__": "__main__", "__builtins__": __builtins__}
-sys.addaudithook(_hook)
-del resource
+if audit:
+    sys.addaudithook(_hook)
+del resource, _status
 exec(compile(_tree, "main.py", "exec"), _globals)
 if _last is not None:
     _value = eval(compile(ast.fix_missing_locations(ast.Expression(_last.value)), "main.py", "eval"), _globals)
@@ -92,31 +147,49 @@ if _last is not None:
         print(repr(_value))
 '''
 
-_NETNS: dict[str, bool] = {}
+_PROBES: dict[str, str] = {}  # bwrap path -> "" when the sandbox works, else why not
+
+
+def sandbox_unavailable_reason(bwrap: str | None = None) -> str:
+    """Why the OS sandbox cannot run here ("" when it can): checked once per bwrap path by a real trial run."""
+    path = bwrap or sandbox_bwrap.default_bwrap()
+    if path not in _PROBES:
+        reason = ""
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            reason = f"bubblewrap is not installed ({path} not found)"
+        else:
+            try:
+                result = _run("print(6 * 7)", path, timeout_s=20, memory_mb=256, max_output_chars=4000,
+                              max_file_mb=1, max_disk_mb=1, max_processes=0, audit_hook=True)
+                if result.stdout.strip() != "42":
+                    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+                    reason = (lines[-1] if lines else f"exit code {result.returncode}").strip()[:200]
+            except OSError as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+        _PROBES[path] = reason
+        log.info("sandbox: %s (%s)", "unavailable: " + reason if reason else "bubblewrap works", path)
+    return _PROBES[path]
+
+
+def sandbox_available(bwrap: str | None = None) -> bool:
+    """True when code can run in the OS sandbox (bubblewrap and the namespaces work); checked once."""
+    return not sandbox_unavailable_reason(bwrap)
 
 
 def network_namespace_available() -> bool:
-    """True when ``unshare -rn`` can give a child its own empty network namespace (checked once)."""
-    if "ok" not in _NETNS:
-        ok = False
-        if shutil.which("unshare"):
-            try:
-                ok = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=5).returncode == 0
-            except (OSError, subprocess.SubprocessError):
-                ok = False
-        _NETNS["ok"] = ok
-        log.info("sandbox: private network namespace %s", "available" if ok else "unavailable (audit hook only)")
-    return _NETNS["ok"]
+    """Kept for callers of the earlier sandbox: every run now has a private network namespace, when it runs."""
+    return sandbox_available()
 
 
 @dataclass(frozen=True)
 class SandboxResult:
     stdout: str
     stderr: str
-    returncode: int
+    returncode: int  # negative: killed by that signal
     wall_s: float
     truncated: bool  # stdout or stderr was longer than the limit
-    network_namespace: bool  # ran in a private network namespace
+    network_namespace: bool = True  # always: kept for callers of the earlier sandbox
+    timed_out: bool = False
 
 
 class _Capped:
@@ -142,60 +215,98 @@ class _Capped:
         return out + "\n...[output truncated]" if self.truncated else out
 
 
-def _env(workdir: str) -> dict[str, str]:
+def _env() -> dict[str, str]:
     # Only what Python needs: no credentials, proxies or MASTERY_* settings leak into the child.
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8", "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": sandbox_bwrap.WORKDIR, "TMPDIR": sandbox_bwrap.WORKDIR,
+            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run_python(code: str, *, timeout_s: float = 10.0, memory_mb: int = 256, max_output_chars: int = 4000,
-               max_file_mb: int = 8, network_namespace: bool | None = None, check: bool = True) -> SandboxResult:
-    """Run ``code`` in a sandboxed child process and return its output.
+               max_file_mb: int = 8, max_disk_mb: int = 32, max_processes: int = 0, check: bool = True,
+               bwrap: str | None = None, audit_hook: bool = True) -> SandboxResult:
+    """Run ``code`` in the OS sandbox and return its output.
 
+    ``max_processes`` is how many processes or threads the code may start besides itself; ``max_disk_mb`` is the
+    size of its private tmpfs. ``bwrap`` overrides the bubblewrap binary and ``audit_hook=False`` leaves the
+    in-process hook out (both for tests of the boundary itself).
     With ``check`` (the default), a run that did not end normally raises :class:`ToolError` naming the cause:
     the time limit, the memory limit, a blocked operation, or the exception that ended it."""
     if not isinstance(code, str) or not code.strip():
         raise ToolError("no code given; send e.g. {\"code\": \"print(2 + 2)\"}")
-    if timeout_s <= 0 or memory_mb < 32:
-        raise ToolError(f"bad sandbox limits: timeout_s={timeout_s}, memory_mb={memory_mb} (need > 0 s and >= 32 MB)")
-    use_ns = network_namespace_available() if network_namespace is None else network_namespace
-    cpu_s = max(1, int(timeout_s + 0.999))
-    with tempfile.TemporaryDirectory(prefix="mastery-sandbox-") as workdir:
-        with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as fh:
-            fh.write(code)
-        argv = [sys.executable, "-I", "-c", _BOOTSTRAP, str(memory_mb * 2**20), str(cpu_s), str(max_file_mb * 2**20)]
-        if use_ns:
-            argv = ["unshare", "-rn", *argv]
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=workdir, env=_env(workdir), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        out, err = _Capped(proc.stdout, max_output_chars), _Capped(proc.stderr, max_output_chars)  # type: ignore[arg-type]
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-        finally:
-            if proc.poll() is None:
-                _kill_group(proc)
-            out.thread.join(5)
-            err.thread.join(5)
-        result = SandboxResult(stdout=out.text(), stderr=err.text(), returncode=proc.returncode,
-                               wall_s=time.perf_counter() - start, truncated=out.truncated or err.truncated,
-                               network_namespace=use_ns)
-    log.info("event=sandbox_run returncode=%d wall_s=%.3f timed_out=%s netns=%s", result.returncode, result.wall_s,
-             timed_out, use_ns)
+    if timeout_s <= 0 or memory_mb < 32 or max_processes < 0 or max_disk_mb < 1:
+        raise ToolError(f"bad sandbox limits: timeout_s={timeout_s}, memory_mb={memory_mb}, "
+                        f"max_processes={max_processes}, max_disk_mb={max_disk_mb} "
+                        "(need > 0 s, >= 32 MB, >= 0 processes, >= 1 MB disk)")
+    path = bwrap or sandbox_bwrap.default_bwrap()
+    reason = sandbox_unavailable_reason(path)
+    if reason:
+        raise ToolError(f"python: refusing to run code without the OS sandbox: {reason}; "
+                        f"{sandbox_bwrap.INSTALL_HINT}")
+    try:
+        result = _run(code, path, timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=max_output_chars,
+                      max_file_mb=max_file_mb, max_disk_mb=max_disk_mb, max_processes=max_processes,
+                      audit_hook=audit_hook)
+    except OSError as exc:
+        raise ToolError(f"python: could not start the sandbox: {exc}") from exc
+    log.info("event=sandbox_run returncode=%d wall_s=%.3f timed_out=%s", result.returncode, result.wall_s,
+             result.timed_out)
     if check:
-        _raise_for(result, timed_out, timeout_s, memory_mb, max_file_mb)
+        _raise_for(result, timeout_s, memory_mb, max_file_mb)
     return result
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the child's session: anything it managed to start dies with it
-    proc.wait()
+def _run(code: str, bwrap: str, *, timeout_s: float, memory_mb: int, max_output_chars: int, max_file_mb: int,
+         max_disk_mb: int, max_processes: int, audit_hook: bool) -> SandboxResult:
+    cpu_s = max(1, int(timeout_s + 0.999))
+    code_fd = os.memfd_create("main.py")  # bwrap copies it into the sandbox: no host file to clean up
+    try:
+        os.write(code_fd, code.encode("utf-8"))
+        os.lseek(code_fd, 0, os.SEEK_SET)
+        args = ["-c", _BOOTSTRAP, str(memory_mb * 2**20), str(cpu_s), str(max_file_mb * 2**20), str(max_processes),
+                "64", str(int(audit_hook)), *sandbox_bwrap.site_packages()]
+        launch = sandbox_bwrap.build(bwrap, args, code_fd, disk_bytes=max_disk_mb * 2**20)
+        try:
+            start = time.perf_counter()
+            proc = subprocess.Popen(launch.argv, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, pass_fds=launch.pass_fds, start_new_session=True)
+            launch.started()
+            out = _Capped(proc.stdout, max_output_chars)  # type: ignore[arg-type]
+            err = _Capped(proc.stderr, max_output_chars)  # type: ignore[arg-type]
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                if proc.poll() is None:
+                    _kill_tree(proc, launch)
+                out.thread.join(5)
+                err.thread.join(5)
+        finally:
+            launch.close()
+    finally:
+        os.close(code_fd)
+    rc = proc.returncode
+    if 128 < rc < 128 + 65:  # bwrap reports a child killed by signal N as 128 + N
+        rc = 128 - rc
+    return SandboxResult(stdout=out.text(), stderr=err.text(), returncode=rc, wall_s=time.perf_counter() - start,
+                         truncated=out.truncated or err.truncated, timed_out=timed_out)
+
+
+def _kill_tree(proc: subprocess.Popen[bytes], launch: sandbox_bwrap.Launch) -> None:
+    """Kill the namespace's init: the kernel then kills every process in the namespace, and bwrap, which waits
+    for that init, exits only once they are all gone. bwrap itself is killed only if that did not happen."""
+    child = launch.read_child_pid()
+    if child is not None and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # --die-with-parent takes the namespace down with it
+        proc.wait()
 
 
 def _last_error_line(stderr: str) -> str:
@@ -203,9 +314,9 @@ def _last_error_line(stderr: str) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def _raise_for(result: SandboxResult, timed_out: bool, timeout_s: float, memory_mb: int, max_file_mb: int) -> None:
+def _raise_for(result: SandboxResult, timeout_s: float, memory_mb: int, max_file_mb: int) -> None:
     last = _last_error_line(result.stderr)
-    if timed_out or result.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+    if result.timed_out or result.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         raise ToolError(f"python: time limit of {timeout_s:g}s exceeded; make the code faster or the input smaller")
     if result.returncode == -signal.SIGXFSZ or "File too large" in last:  # Python ignores SIGXFSZ: errno 27
         raise ToolError(f"python: file size limit exceeded (files are limited to {max_file_mb} MB)")
