@@ -75,6 +75,15 @@ def test_writes_stay_in_a_private_folder_that_does_not_outlive_the_run():
     assert second.stdout.strip() == "['main.py']"  # each run gets a fresh tmpfs
 
 
+def test_dir_fd_writes_inside_the_folder_still_work():
+    # the hook resolves dir_fd against the folder it names rather than refusing every dir_fd
+    code = ("import os\nos.mkdir('sub')\nd = os.open('sub', os.O_RDONLY)\nos.mkdir('a', dir_fd=d)\n"
+            "os.close(os.open('f', os.O_CREAT | os.O_WRONLY, dir_fd=d))\n"
+            "os.rename('f', 'g', src_dir_fd=d, dst_dir_fd=d)\n"
+            "sorted(os.listdir('sub'))")
+    assert run_python(code).stdout.strip() == "['a', 'g']"
+
+
 def test_writes_outside_the_folder_are_refused_by_the_hook():
     with pytest.raises(ToolError, match="writing outside the working folder"):
         run_python("open('/tmp/elsewhere.txt', 'w').write('x')")

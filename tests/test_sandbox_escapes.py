@@ -194,6 +194,8 @@ def test_host_files_cannot_be_written(name, where, hook, tmp_path):
     try:
         result = run(prelude + WRITES[name], audit_hook=hook)
         assert result.returncode != 0 and ("Error" in result.stderr)
+        if hook and where == "in view":  # the hook is the first to refuse, dir_fd and /proc/self/fd included
+            assert "sandbox: " in result.stderr.splitlines()[-1]
         assert not target.exists()
         assert sha256(victim) == before
     finally:
