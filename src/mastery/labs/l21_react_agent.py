@@ -66,7 +66,7 @@ def run(config: Config, progress: Progress) -> Report:
     import contextlib
 
     from mastery.agents.react import ReActAgent
-    from mastery.agents.sandbox import network_namespace_available
+    from mastery.agents.sandbox import sandbox_available, sandbox_unavailable_reason
     from mastery.agents.tools import default_tools
     from mastery.core.labs import new_report
     from mastery.eval.agent_tasks import QUESTIONS, TINY_QUESTIONS, answer_correct, replay_script
@@ -99,8 +99,9 @@ def run(config: Config, progress: Progress) -> Report:
             llm = stack.enter_context(open_client(load_settings(threads=config.threads, model=config.llm_model)))
             if llm.server is not None:
                 report.timing("llm_server_load_seconds", llm.server.load_seconds)
-        report.device = (f"LLM: {llm.model} via {llm.device}; python tool: subprocess sandbox"
-                         f"{' + private network namespace' if network_namespace_available() else ''}")
+        report.device = (f"LLM: {llm.model} via {llm.device}; python tool: "
+                         + ("bubblewrap sandbox (user, PID, mount and network namespaces)" if sandbox_available()
+                            else f"refused ({sandbox_unavailable_reason()})"))
         progress.stage("questions", len(questions) * len(config.modes))
         for mode in config.modes:
             for qid, category, question, expected in questions:
