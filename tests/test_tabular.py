@@ -94,6 +94,7 @@ def _passengers() -> pd.DataFrame:
     })
 
 
+@pytest.mark.unit
 def test_titanic_preprocessor_imputes_and_ignores_unseen_categories() -> None:
     x, y = titanic.split_xy(_passengers())
     prep = titanic.build_preprocessor(engineered=True)
@@ -116,6 +117,7 @@ def test_titanic_preprocessor_imputes_and_ignores_unseen_categories() -> None:
         assert all(row[i] == 0 for i, n in enumerate(names) if n.startswith(prefix)), prefix
 
 
+@pytest.mark.unit
 def test_titanic_missing_column_is_named() -> None:
     with pytest.raises(MissingColumnsError, match="'Age'") as info:
         titanic.split_xy(_passengers().drop(columns=["Age"]))
@@ -149,6 +151,7 @@ def _houses(n: int = 60, seed: int = 0) -> pd.DataFrame:
                          "MSSubClass": rng.choice([20, 60], n), "SalePrice": price})
 
 
+@pytest.mark.unit
 def test_house_linear_preprocessor_handles_missing_and_unseen() -> None:
     x, _ = house_prices.split_xy(_houses(), drop_outliers=False)
     assert "Id" not in x and "SalePrice" not in x
@@ -172,6 +175,7 @@ def test_house_linear_preprocessor_handles_missing_and_unseen() -> None:
     assert np.isnan(codes[1])  # XGBoost receives the missing lot area as NaN
 
 
+@pytest.mark.unit
 def test_house_split_and_features_name_missing_columns() -> None:
     with pytest.raises(MissingColumnsError, match="'SalePrice'"):
         house_prices.split_xy(_houses().drop(columns=["SalePrice"]))
@@ -181,6 +185,7 @@ def test_house_split_and_features_name_missing_columns() -> None:
         house_prices.split_xy(_houses().assign(SalePrice=0.0))
 
 
+@pytest.mark.unit
 def test_house_outliers_dropped_and_cv_recovers_signal() -> None:
     df = _houses(80)
     df.loc[0, "GrLivArea"] = 5000.0
