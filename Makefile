@@ -8,9 +8,10 @@ STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install system demo test test-slow lint bench lock clean
 
-# Debian packages features need at run time (bubblewrap: the python tool's OS sandbox). Installed by
-# `make system` (root or sudo); `.ci/run` calls it so a clean machine gets them the same way.
-SYSTEM_PACKAGES ?= bubblewrap
+# Debian packages features need at run time (bubblewrap: the python tool's OS sandbox; shellcheck: actionlint
+# checks the workflows' run: scripts with it). Installed by `make system` (root or sudo); `.ci/run` calls it so a
+# clean machine gets them the same way.
+SYSTEM_PACKAGES ?= bubblewrap shellcheck
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt
