@@ -18,7 +18,8 @@ RESULTS_DIR = Path("docs/results")
 README = Path("README.md")
 DOMAIN_COMMANDS = ("mastery.vision.cli", "mastery.text.cli", "mastery.llm.cli", "mastery.retrieval.cli",
                    "mastery.agents.cli", "mastery.agents.support_cli", "mastery.agents.crew_cli",
-                   "mastery.serving.cli", "mastery.serving.auth_cli", "mastery.core.settings_cli")
+                   "mastery.serving.cli", "mastery.serving.auth_cli", "mastery.core.settings_cli",
+                   "mastery.ops.stack_cli")
 
 
 class _Parser(argparse.ArgumentParser):

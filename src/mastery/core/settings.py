@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # -- retrieval and agents ------------------------------------------------------------------
     kb_dir: Path | None = Field(default=None, description="knowledge-base folder (default <cache>/kb)")
     chroma_url: str | None = Field(default=None, description="a `chroma run` server; wins over MASTERY_KB_DIR")
+    kb_collection: str | None = Field(default=None, description="collection the prediction API's POST /kb/query "
+                                      "searches (unset: no /kb/query route)")
     kb_max_file_mb: float = Field(default=20.0, gt=0, allow_inf_nan=False,
                                   description="largest file a knowledge-base ingest accepts, in MB (10^6 bytes)")
     crewai_dir: Path | None = Field(default=None,
