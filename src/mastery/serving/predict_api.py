@@ -154,5 +154,8 @@ def create_app(artifact: str | Path | LoadedArtifact | None = None, *, model: st
                          labels={str(k): v for k, v in LABELS.items()}, training=meta.get("training", {}),
                          libraries=meta.get("libraries", {}), feature_schema=meta.get("feature_schema", {}))
 
+    from mastery.serving.kb_routes import mount_kb_routes
+
+    mount_kb_routes(app)  # POST /kb/query, only when MASTERY_KB_COLLECTION names a collection
     install_error_handlers(app, log)
     return app
