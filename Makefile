@@ -11,7 +11,8 @@ STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 # Debian packages features need at run time (bubblewrap: the python tool's OS sandbox; shellcheck: actionlint
 # checks the workflows' run: scripts with it). Installed by `make system` (root or sudo); `.ci/run` calls it so a
 # clean machine gets them the same way.
-SYSTEM_PACKAGES ?= bubblewrap shellcheck
+# docker-compose: validates deploy/compose.yaml (L26) where no container engine runs.
+SYSTEM_PACKAGES ?= bubblewrap shellcheck docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt
