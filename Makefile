@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag,serve,agents
+EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag,serve,agents,assistant
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install system demo test test-slow lint bench lock clean
@@ -11,8 +11,9 @@ STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 # Debian packages features need at run time (bubblewrap: the python tool's OS sandbox; shellcheck: actionlint
 # checks the workflows' run: scripts with it). Installed by `make system` (root or sudo); `.ci/run` calls it so a
 # clean machine gets them the same way.
-# docker-compose: validates deploy/compose.yaml (L26) where no container engine runs.
-SYSTEM_PACKAGES ?= bubblewrap shellcheck docker-compose
+# docker-compose: validates deploy/compose.yaml (L26) where no container engine runs. chromium: the UI's browser
+# tests (driven by Playwright with executable_path; Playwright's own browser download is not used).
+SYSTEM_PACKAGES ?= bubblewrap chromium shellcheck docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt
