@@ -1,0 +1,1 @@
+"""The capstone applications, built on the domain packages: the Research Assistant and Cyber-Sentinel."""
