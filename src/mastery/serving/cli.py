@@ -105,13 +105,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
         log.warning("binding to %s: the API has no authentication", args.host)
     try:
         with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="mastery-serve-") as tmp:
-            app = create_app(_load(args, tmp), scoring_threads=args.scoring_threads)
-            # log_config=None keeps the JSON handlers; the middleware writes the access log.
-            uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                        timeout_graceful_shutdown=5)
+            loaded = _load(args, tmp)
+            # Built in this process even with workers: a model or engine that cannot serve fails here, once,
+            # with one line and exit code 2, before any worker starts.
+            app = create_app(loaded, scoring_threads=args.scoring_threads, engine=args.engine or "auto")
+            if args.workers == 1:
+                # log_config=None keeps the JSON handlers; the middleware writes the access log.
+                uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=5)
+            else:
+                _serve_workers(args, loaded, app.state.engine)
+                log.info("stopped; temporary files removed")
     except _Terminated:
         log.info("stopped by SIGTERM; temporary files removed")
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, loaded: Any, engine: str) -> None:
+    """``args.workers`` uvicorn processes sharing one listening socket, each with its own copy of the model.
+
+    uvicorn starts workers with multiprocessing's spawn and pickles its Config into each; the app factory
+    travels there as ``functools.partial(worker_app, source)``, so every worker loads the same verified
+    bytes (pinned by sha256) with no environment variable in between. uvicorn's supervisor takes over
+    SIGTERM and SIGINT: it stops the workers and returns, and the ``with`` around this call cleans up.
+    """
+    import functools
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from mastery.serving.predict_api import worker_app
+
+    source = {"sha256": loaded.meta["sha256"], "engine": engine, "scoring_threads": args.scoring_threads,
+              "log_level": logging.getLogger().level or logging.INFO}
+    if loaded.meta.get("registry_ref"):
+        source["model"] = loaded.meta["registry_ref"]  # name@version: the exact registered model
+    else:
+        source["artifact"] = str(Path(loaded.path).resolve())
+    config = uvicorn.Config(functools.partial(worker_app, source), factory=True, host=args.host, port=args.port,
+                            workers=args.workers, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    logging.getLogger(__name__).info("starting %d worker processes (%s engine) on %s:%d", args.workers, engine,
+                                     args.host, args.port)
+    sock = config.bind_socket()
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -182,7 +221,14 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
                                                   "(e.g. the 12-digit version)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ (default sqlite:///runs/mlflow.db)")
     p.add_argument("--scoring-threads", type=int, default=1, choices=range(1, 65), metavar="N",
-                   help="requests scored at once (default 1: scoring holds the GIL, more threads only contend)")
+                   help="sklearn engine: requests scored at once (default 1: scoring holds the GIL, more threads "
+                        "only contend)")
+    p.add_argument("--engine", choices=("onnx", "sklearn"), default=None,
+                   help="scoring engine (default: onnx when the pipeline converts to ONNX and matches it, else "
+                        "sklearn; the choice is logged); onnx refuses to start without it")
+    p.add_argument("--workers", type=int, default=1, choices=range(1, 65), metavar="N",
+                   help="server processes sharing the port, each with its own copy of the model (default 1); "
+                        "about one per core")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="train the Titanic pipeline and save it as a skops artifact")
@@ -192,6 +238,10 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     p.add_argument("--track", action="store_true", help="also log the artifact to an MLflow run")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///runs/mlflow.db)")
     p.set_defaults(func=cmd_train)
+
+    from mastery.ops.cli import add_batch_score_command  # the scoring itself: mastery.ops.batch_score
+
+    add_batch_score_command(sub)
 
 
 def add_agent_serve(sub: Any) -> None:
