@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lab")
     p.add_argument("--out", default="runs")
     p.set_defaults(func=cmd_labs_show)
+    from mastery.ops.cli import add_sweep_command  # builds the parser only; Ray and MLflow load at run time
+
+    add_sweep_command(lsub)
 
     p = lsub.add_parser("demo", help="run every implemented lab's tiny preset and write runs/index.md")
     p.add_argument("--labs", default="", help="comma-separated lab ids to run (default: every implemented lab)")

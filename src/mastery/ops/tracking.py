@@ -26,6 +26,17 @@ def tracking_uri_for(folder: Path) -> str:
     return f"sqlite:///{(Path(folder) / 'mlflow.db').resolve()}"
 
 
+def ensure_experiment(client: Any, experiment: str, tracking_uri: str, artifact_dir: Path | None = None) -> str:
+    """The id of ``experiment``, created when missing (artifacts beside a SQLite store, in ``mlartifacts``)."""
+    existing = client.get_experiment_by_name(experiment)
+    if existing is not None:
+        return str(existing.experiment_id)
+    if artifact_dir is None and tracking_uri.startswith("sqlite:///"):
+        artifact_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    location = Path(artifact_dir).resolve().as_uri() if artifact_dir else None
+    return str(client.create_experiment(experiment, artifact_location=location))
+
+
 class MlflowProgress(Progress):
     """Logs a lab run to MLflow. The run starts on construction and ends on finish/fail."""
 
@@ -38,14 +49,7 @@ class MlflowProgress(Progress):
         if tracking_uri is None:
             DEFAULT_TRACKING_DIR.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        existing = self.client.get_experiment_by_name(experiment)
-        if existing is not None:
-            self.experiment_id = existing.experiment_id
-        else:
-            if artifact_dir is None and self.tracking_uri.startswith("sqlite:///"):
-                artifact_dir = Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-            location = Path(artifact_dir).resolve().as_uri() if artifact_dir else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        self.experiment_id = ensure_experiment(self.client, experiment, self.tracking_uri, artifact_dir)
         self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {}).info.run_id
         self._ended = False
         log.info("tracking to %s (experiment %s, run %s)", self.tracking_uri, experiment, self.run_id)
