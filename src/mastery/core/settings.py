@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     llm_threads: int | None = Field(default=None, description="embedded server threads (default: MASTERY_THREADS)")
     llm_ctx: int = Field(default=DEFAULT_LLM_CTX, description="embedded context length in tokens")
     llm_call_log: str | None = Field(default=None, description="JSONL file that gets one line per LLM call")
+    # -- research assistant ----------------------------------------------------------------------
+    assistant_web: Literal["none", "searxng", "duckduckgo"] = Field(
+        default="none", description="the assistant's web search backend: none (offline), searxng or duckduckgo")
+    searxng_url: str | None = Field(default=None, description="SearXNG base URL for MASTERY_ASSISTANT_WEB=searxng")
 
     @classmethod
     def settings_customise_sources(
