@@ -310,7 +310,8 @@ def test_cli_corrupt_then_drift_flags(capsys, tmp_path) -> None:
     assert code == 1 and "Pclass" in out.split("flagged:")[1]
 
 
-def test_every_fault_kind_has_an_expected_detector_in_the_lab() -> None:
-    from mastery.labs.l29_data_quality import EXPECTED
+def test_every_fault_kind_has_an_expected_detector() -> None:
+    from mastery.tabular.corrupt import DETECTED_BY
 
-    assert set(EXPECTED) == set(FAULT_KINDS)
+    assert set(DETECTED_BY) == set(FAULT_KINDS)
+    assert all(SCHEMA_FAULTS[k] in (v[0], v) for k, v in DETECTED_BY.items() if k in SCHEMA_FAULTS)

@@ -34,6 +34,11 @@ WRONG_TYPE_COLUMNS = ("Age", "Fare", "Pclass", "SibSp")
 TYPO_COLUMNS = ("Sex", "Embarked")
 WORDS = ("unknown", "twenty-two", "#REF!", "?", "none given")
 PORT_NAMES = {"C": "Cherbourg", "Q": "Queenstown", "S": "Southampton"}
+# The detector meant to catch each kind: a fired check id ("in_range:Age", "drift:Pclass") starts with one of these.
+DETECTED_BY: dict[str, tuple[str, ...]] = {
+    "nulls": ("not_nullable",), "outliers": ("in_range",), "wrong_types": ("number", "integer"),
+    "duplicate_ids": ("field_uniqueness",), "category_typos": ("category",), "label_flips": ("label_check",),
+    "drift": ("drift",)}
 
 
 @dataclass
