@@ -7,7 +7,6 @@ import copy
 import pytest
 
 from mastery.core.labs import load_lab, run_lab
-from mastery.core.report import Report
 from mastery.ops import workflows as wf
 
 
@@ -24,12 +23,7 @@ def test_tiny_preset_passes_every_check() -> None:
 
 
 def _checks(doc: dict) -> dict[str, bool]:
-    from mastery.labs import l27_cicd
-
-    report = Report(lab="l27", title="", preset="tiny", config={}, seed=0)
-    l27_cicd._image_job(report, wf.repo_root(), doc, wf)
-    l27_cicd._test_job(report, wf.repo_root(), doc, wf)
-    return {c.name: c.passed for c in report.checks}
+    return {rule.name: rule.passed for rule in wf.ci_rules(doc, wf.repo_root())}
 
 
 def test_job_checks_fail_on_a_workflow_that_breaks_them() -> None:
@@ -42,6 +36,10 @@ def test_job_checks_fail_on_a_workflow_that_breaks_them() -> None:
     wf.step_using(bad["jobs"]["test"], "actions/setup-python")["with"].pop("cache")
     bad["jobs"]["test"]["steps"] = [s for s in bad["jobs"]["test"]["steps"] if s.get("run") != ".ci/run"]
     checks = _checks(bad)
+    assert checks["actions_pinned"]
+    wf.step_using(bad["jobs"]["image"], "docker/setup-buildx-action")["uses"] = "docker/setup-buildx-action@master"
+    checks = _checks(bad)
+    assert not checks["actions_pinned"]
     assert not checks["merge_builds_and_pushes"] and not checks["least_privilege"]
     assert not checks["caches_keyed_on_lock"] and not checks["push_runs_readme_command"]
     assert checks["triggers"] and checks["push_runs_ruff"]

@@ -84,12 +84,7 @@ def run(config: Config, progress: Progress) -> Report:
     _planted(report, path, binary, wf, {(f.kind, f.message) for f in findings})
 
     progress.stage("read the jobs", None)
-    _test_job(report, root, doc, wf)
-    _image_job(report, root, doc, wf)
-    loose = wf.unpinned(doc)
-    report.metric("actions_used", len(wf.uses(doc)))
-    report.check("actions_pinned", not loose, "every action is pinned to a release tag or a commit sha",
-                 ", ".join(loose) or f"{len(wf.uses(doc))} pinned")
+    _jobs(report, root, doc, wf)
 
     progress.stage("unit tests", None)
     with tempfile.TemporaryDirectory(prefix="l27-") as tmp:
@@ -145,64 +140,19 @@ def _planted(report: Report, path: Path, binary: Path, wf: Any, clean: set[tuple
                  "actionlint flags every planted mistake", f"{caught}/{len(PLANTED)}")
 
 
-def _test_job(report: Report, root: Path, doc: dict[str, Any], wf: Any) -> None:
-    job = doc["jobs"].get("test", {})
-    lines = wf.run_lines(job)
-    ci_run = wf.script_commands(root / ".ci" / "run")
-    readme = (root / "README.md").read_text()
-    on = wf.triggers(doc)
-    report.check("triggers", {"push", "pull_request"} <= on, "the workflow runs on push and pull_request",
-                 ", ".join(sorted(on)))
-    # The same command as locally: the job runs .ci/run, whose last command is the README's `make test`.
-    same = ".ci/run" in lines and ci_run[-1:] == ["make test"] and "make test" in readme
-    report.check("push_runs_readme_command", same,
-                 "the test job runs .ci/run, which ends in the README's `make test`",
-                 f"job: {', '.join(ln for ln in lines if ln.startswith(('.ci', 'make')))}; .ci/run ends: "
-                 f"{ci_run[-1] if ci_run else '-'}")
-    makefile = (root / "Makefile").read_text()
-    report.check("push_runs_ruff", "make lint" in lines and "ruff check" in makefile,
-                 "the test job runs `make lint` (ruff check)", "make lint" in lines)
-    setup = wf.step_using(job, "actions/setup-python") or {}
-    pip_with = setup.get("with", {})
-    cache = wf.step_using(job, "actions/cache") or {}
-    key = str(cache.get("with", {}).get("key", ""))
-    pip_ok = pip_with.get("cache") == "pip" and "constraints.txt" in str(pip_with.get("cache-dependency-path", ""))
-    data_ok = "hashFiles(" in key and "catalog.py" in key
-    report.check("caches_keyed_on_lock", pip_ok and data_ok,
-                 "pip cache keyed on constraints.txt; datasets cache keyed on the asset catalog",
-                 f"pip: {pip_with.get('cache')} on {str(pip_with.get('cache-dependency-path', '')).split()}; "
-                 f"assets: {key}")
-    report.table("The test job, step by step", [
-        {"step": s.get("name") or s.get("uses") or s.get("run", "")[:40], "uses / run":
-         s.get("uses") or str(s.get("run", "")).strip().splitlines()[0][:80]} for s in wf.steps(job)])
-
-
-def _image_job(report: Report, root: Path, doc: dict[str, Any], wf: Any) -> None:
-    job = doc["jobs"].get("image", {})
-    build = wf.step_using(job, "docker/build-push-action") or {}
-    opts = build.get("with", {})
-    tags = str(opts.get("tags", ""))
-    condition = str(job.get("if", ""))
-    main_only = "github.event_name == 'push'" in condition and "refs/heads/main" in condition
-    image_name = " ".join(wf.run_lines(job))
-    ok = (main_only and wf.step_using(job, "docker/setup-buildx-action") is not None
-          and opts.get("push") is True and opts.get("file") == "deploy/Dockerfile" and (root / opts["file"]).is_file()
-          and "${{ github.sha }}" in tags and "ghcr.io/" in image_name and job.get("needs") == "test")
-    report.check("merge_builds_and_pushes", ok,
-                 "on a push to main, after the tests: buildx builds deploy/Dockerfile (present) and pushes it to "
-                 "ghcr.io/<repository> tagged with the commit sha",
-                 f"if: {condition}; file: {opts.get('file')}; push: {opts.get('push')}; tags: {tags}")
-    writers = [name for name, j in doc["jobs"].items() if (j.get("permissions") or {}).get("packages") == "write"]
-    top = doc.get("permissions") or {}
-    report.check("least_privilege", writers == ["image"] and top.get("packages") is None and top.get("contents") ==
-                 "read", "contents: read for the workflow; packages: write on the image job only",
-                 f"workflow: {top}; packages: write on {writers}")
+def _jobs(report: Report, root: Path, doc: dict[str, Any], wf: Any) -> None:
+    for rule in wf.ci_rules(doc, root):
+        report.check(rule.name, rule.passed, rule.expectation, rule.value)
     report.metric("jobs", len(doc["jobs"]))
     report.metric("steps", sum(len(wf.steps(j)) for j in doc["jobs"].values()))
+    report.metric("actions_used", len(wf.uses(doc)))
     report.table("Where each job runs", [
         {"job": name, "runs on": j.get("runs-on"), "if": j.get("if", "always"), "needs": j.get("needs", "-"),
          "permissions": str(j.get("permissions", "workflow's")), "steps": len(wf.steps(j))}
         for name, j in doc["jobs"].items()])
+    report.table("The test job, step by step", [
+        {"step": s.get("name") or s.get("uses"), "uses / run":
+         s.get("uses") or str(s.get("run", "")).strip().splitlines()[0][:80]} for s in wf.steps(doc["jobs"]["test"])])
 
 
 def _figure(report: Report, result: Any) -> None:

@@ -168,3 +168,57 @@ def run_pytest(marker: str, paths: tuple[str, ...], cwd: Path, junit: Path, time
             result.passed += 1
     log.info("pytest -m %s: %d passed, %d failed in %.1f s", marker, result.passed, result.failed, result.seconds)
     return result
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One expectation about this repository's CI workflow, evaluated."""
+
+    name: str
+    passed: bool
+    expectation: str
+    value: str
+
+
+def ci_rules(doc: dict[str, Any], root: Path) -> list[Rule]:
+    """What the `test` and `image` jobs of the CI workflow must do, checked on the parsed workflow."""
+    jobs = doc["jobs"]
+    test, image = jobs.get("test", {}), jobs.get("image", {})
+    lines = run_lines(test)
+    ci_run = script_commands(root / ".ci" / "run")
+    on = triggers(doc)
+    rules = [Rule("triggers", {"push", "pull_request"} <= on, "the workflow runs on push and pull_request",
+                  ", ".join(sorted(on)))]
+    # The same command as locally: the job runs .ci/run, whose last command is the README's `make test`.
+    same = ".ci/run" in lines and ci_run[-1:] == ["make test"] and "make test" in (root / "README.md").read_text()
+    rules.append(Rule("push_runs_readme_command", same, "the test job runs .ci/run, which ends in the README's "
+                      "`make test`", f"job: {', '.join(ln for ln in lines if ln.startswith(('.ci', 'make')))}; "
+                      f".ci/run ends: {ci_run[-1] if ci_run else '-'}"))
+    rules.append(Rule("push_runs_ruff", "make lint" in lines and "ruff check" in (root / "Makefile").read_text(),
+                      "the test job runs `make lint` (ruff check)", str("make lint" in lines)))
+    pip_with = (step_using(test, "actions/setup-python") or {}).get("with", {})
+    key = str((step_using(test, "actions/cache") or {}).get("with", {}).get("key", ""))
+    pip_ok = pip_with.get("cache") == "pip" and "constraints.txt" in str(pip_with.get("cache-dependency-path", ""))
+    rules.append(Rule("caches_keyed_on_lock", pip_ok and "hashFiles(" in key and "catalog.py" in key,
+                      "pip cache keyed on constraints.txt; datasets cache keyed on the asset catalog",
+                      f"pip: {pip_with.get('cache')} on {str(pip_with.get('cache-dependency-path', '')).split()}; "
+                      f"assets: {key}"))
+    opts = (step_using(image, "docker/build-push-action") or {}).get("with", {})
+    tags, condition = str(opts.get("tags", "")), str(image.get("if", ""))
+    main_only = "github.event_name == 'push'" in condition and "refs/heads/main" in condition
+    dockerfile = str(opts.get("file", ""))
+    ok = (main_only and step_using(image, "docker/setup-buildx-action") is not None and opts.get("push") is True
+          and dockerfile == "deploy/Dockerfile" and (root / dockerfile).is_file() and "${{ github.sha }}" in tags
+          and "ghcr.io/" in " ".join(run_lines(image)) and image.get("needs") == "test")
+    rules.append(Rule("merge_builds_and_pushes", ok, "on a push to main, after the tests: buildx builds "
+                      "deploy/Dockerfile (present) and pushes it to ghcr.io/<repository> tagged with the commit sha",
+                      f"if: {condition}; file: {dockerfile}; push: {opts.get('push')}; tags: {tags}"))
+    writers = [name for name, j in jobs.items() if (j.get("permissions") or {}).get("packages") == "write"]
+    top = doc.get("permissions") or {}
+    rules.append(Rule("least_privilege", writers == ["image"] and "packages" not in top and top.get("contents") ==
+                      "read", "contents: read for the workflow; packages: write on the image job only",
+                      f"workflow: {top}; packages: write on {writers}"))
+    loose = unpinned(doc)
+    rules.append(Rule("actions_pinned", not loose, "every action is pinned to a release tag or a commit sha",
+                      ", ".join(loose) or f"{len(uses(doc))} pinned"))
+    return rules
