@@ -105,7 +105,7 @@ def test_sigkill_of_the_supervisor_leaves_nothing_listening(stack_args, tmp_path
     try:
         assert stack.listening("127.0.0.1", api_port) and stack.listening("127.0.0.1", chroma_port)
         os.kill(state["supervisor_pid"], signal.SIGKILL)  # no handler runs: only the kernel can clean up
-        assert stack._wait_dead(services, 15.0), "a service outlived its supervisor"
+        assert stack.wait_dead(services, 15.0), "a service outlived its supervisor"
         assert not stack.listening("127.0.0.1", api_port) and not stack.listening("127.0.0.1", chroma_port)
         assert cli.main(["stack", "status", "--dir", str(state_dir)]) == 1
         assert "stack dead" in capsys.readouterr().out

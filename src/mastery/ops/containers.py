@@ -148,3 +148,56 @@ def docker_build(context: Path, dockerfile: Path, tag: str, build_args: dict[str
 def image_size(tag: str) -> int | None:
     code, output, _ = _run(["docker", "image", "inspect", "--format", "{{.Size}}", tag], 30.0)
     return int(output) if code == 0 and output.isdigit() else None
+
+
+@dataclass(frozen=True)
+class ContainerRun:
+    healthy: bool
+    start_seconds: float  # docker run until GET /health answers 200
+    user: str  # the user the container runs as (docker inspect)
+    predict_status: int  # POST /predict with an example passenger
+    stop_seconds: float  # docker stop (SIGTERM, then SIGKILL after 10 s)
+    exit_code: int | None
+    log_tail: str
+
+
+def run_api_container(image: str, model_dir: Path, artifact_name: str, port: int, body: dict,
+                      timeout: float = 180.0) -> ContainerRun:
+    """Run the API image read-only on 127.0.0.1:``port`` serving ``model_dir/artifact_name`` (mounted
+    read-only; it must be readable by the image's user), time its health, call /predict once, stop it."""
+    import httpx
+
+    argv = ["docker", "run", "-d", "-p", f"127.0.0.1:{port}:8000", "-v", f"{model_dir.absolute()}:/models:ro",
+            "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/home/mastery/.cache", image,
+            "predict", "serve", "--artifact", f"/models/{artifact_name}", "--host", "0.0.0.0", "--port", "8000"]
+    start = time.perf_counter()
+    code, cid, _ = _run(argv, 60.0)
+    if code != 0:
+        return ContainerRun(False, 0.0, "", 0, 0.0, None, cid[-500:])
+    cid = cid.strip().splitlines()[-1]
+    healthy, status = False, 0
+    try:
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            while time.perf_counter() - start < timeout:
+                try:
+                    if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                        healthy = True
+                        break
+                except httpx.HTTPError:
+                    pass
+                if _run(["docker", "inspect", "-f", "{{.State.Running}}", cid], 30.0)[1] != "true":
+                    break
+                time.sleep(0.2)
+            started = time.perf_counter() - start
+            if healthy:
+                status = client.post(f"http://127.0.0.1:{port}/predict", json=body).status_code
+        user = _run(["docker", "inspect", "-f", "{{.Config.User}}", cid], 30.0)[1]
+    finally:
+        stop_start = time.perf_counter()
+        _run(["docker", "stop", cid], 60.0)
+        stopped = time.perf_counter() - stop_start
+        exit_code = _run(["docker", "inspect", "-f", "{{.State.ExitCode}}", cid], 30.0)[1]
+        logs = _run(["docker", "logs", "--tail", "5", cid], 30.0)[1]
+        _run(["docker", "rm", "-f", cid], 60.0)
+    return ContainerRun(healthy, started, user, status, stopped, int(exit_code) if exit_code.isdigit() else None,
+                        logs[-1000:])

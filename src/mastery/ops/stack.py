@@ -19,8 +19,8 @@ Why nothing outlives the stack:
 - The supervisor starts each service with ``PR_SET_PDEATHSIG=SIGKILL`` (Linux): when the supervisor dies,
   even by SIGKILL, the kernel kills its services. Services start in dependency order (Chroma, then the API,
   as compose's ``depends_on: service_healthy``), each health-checked against a deadline.
-- ``down`` sends SIGTERM to the supervisor, which sends SIGTERM to each service (API first), waits ``grace``
-  seconds, SIGKILLs what is left, and exits; a supervisor that does not exit in time, or is already gone,
+- ``down`` sends SIGTERM to the supervisor, which stops each service in turn (the API, then Chroma): SIGTERM,
+  ``grace`` seconds to exit, then SIGKILL; then it exits; a supervisor that does not exit in time, or is already gone,
   gets its whole recorded process group SIGKILLed by ``down`` itself.
 - A service that exits on its own makes the supervisor stop the other one and exit with the reason in
   ``state.json``: a half stack never reports healthy.
@@ -71,6 +71,7 @@ class StackSpec:
     chroma_port: int = DEFAULT_CHROMA_PORT
     chroma_path: str | None = None  # Chroma's data folder (default <dir>/chroma-data)
     start_timeout: float = 120.0  # seconds for each service to answer its health check
+    stop_grace: float = 10.0  # seconds each service has between SIGTERM and SIGKILL
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.artifact is None):
@@ -78,6 +79,8 @@ class StackSpec:
         for name, port in (("--api-port", self.api_port), ("--chroma-port", self.chroma_port)):
             if not 1 <= port <= 65535:
                 raise StackError(f"{name} must be a port between 1 and 65535, got {port}")
+        if not (self.start_timeout > 0 and self.stop_grace >= 0):
+            raise StackError("the start timeout must be > 0 s and the stop grace period >= 0 s")
         if self.api_port == self.chroma_port:
             raise StackError(f"--api-port and --chroma-port are both {self.api_port}")
 
@@ -179,7 +182,10 @@ def _die_with_parent(parent: int) -> Any:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether a server could bind host:port now (SO_REUSEADDR, as uvicorn and Chroma bind: a closed
+    connection's TIME_WAIT does not count, a listening socket does)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -286,9 +292,10 @@ def log_tail(state_dir: Path = DEFAULT_DIR, service: str | None = None, lines: i
     return out
 
 
-def down(state_dir: Path = DEFAULT_DIR, grace: float = 10.0) -> dict[str, Any]:
-    """Stop the stack: SIGTERM to the supervisor (which stops its services), SIGKILL to the whole process
-    group when it overstays; then check that no recorded process runs and no recorded port listens."""
+def down(state_dir: Path = DEFAULT_DIR) -> dict[str, Any]:
+    """Stop the stack: SIGTERM to the supervisor (which stops its services, each with the grace period given
+    to ``up``), SIGKILL to the whole process group when it overstays; then check that no recorded process
+    runs and no recorded port listens."""
     state_dir = Path(state_dir)
     state = read_state(state_dir)
     if state is None:
@@ -297,14 +304,14 @@ def down(state_dir: Path = DEFAULT_DIR, grace: float = 10.0) -> dict[str, Any]:
     pid, pgid = state.get("supervisor_pid"), state.get("pgid")
     if was_running:
         os.kill(pid, signal.SIGTERM)
-        # The supervisor needs its own grace period for the services, plus a little to write state.json.
-        _wait_dead([(pid, state.get("supervisor_ticks"))], grace + 5.0)
+        # The supervisor stops the services one after the other, each with its grace period, then writes state.json.
+        wait_dead([(pid, state.get("supervisor_ticks"))], 2 * float(state.get("stop_grace", 10.0)) + 5.0)
     recorded = [(s.get("pid"), s.get("ticks")) for s in state.get("services", {}).values()]
     if pgid and (alive(pid, state.get("supervisor_ticks")) or any(alive(*p) for p in recorded)):
         log.warning("the supervisor did not stop its services in time: SIGKILL to process group %s", pgid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        _wait_dead([(pid, state.get("supervisor_ticks")), *recorded], 5.0)
+        wait_dead([(pid, state.get("supervisor_ticks")), *recorded], 5.0)
     left = [p for p, t in recorded if alive(p, t)]
     host = state.get("host", LOCALHOST)
     ports = [s["port"] for s in state.get("services", {}).values() if listening(host, s["port"])]
@@ -318,7 +325,8 @@ def down(state_dir: Path = DEFAULT_DIR, grace: float = 10.0) -> dict[str, Any]:
     return {"stopped": sorted(state.get("services", {})), "was_running": was_running, "left": []}
 
 
-def _wait_dead(procs: list[tuple[int | None, int | None]], timeout: float) -> bool:
+def wait_dead(procs: list[tuple[int | None, int | None]], timeout: float) -> bool:
+    """Wait until none of the (pid, start ticks) runs; False when some still do after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while any(alive(p, t) for p, t in procs):
         if time.monotonic() > deadline:
@@ -346,7 +354,8 @@ def supervise(state_dir: Path) -> int:
         signal.signal(sig, _raise_stop)
     me = os.getpid()
     state: dict[str, Any] = {"status": "starting", "supervisor_pid": me, "supervisor_ticks": start_ticks(me),
-                             "pgid": os.getpgid(0), "host": spec.host, "started_at": time.time(), "services": {}}
+                             "pgid": os.getpgid(0), "host": spec.host, "stop_grace": spec.stop_grace,
+                             "started_at": time.time(), "services": {}}
     (state_dir / "supervisor.pid").write_text(f"{me}\n")
     _write_json(state_dir / "state.json", state)
     procs: dict[str, subprocess.Popen] = {}
@@ -390,7 +399,7 @@ def supervise(state_dir: Path) -> int:
         # Signals now would interrupt the clean-up itself: the stack is going down anyway.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        _stop_services(procs, grace=10.0)
+        _stop_services(procs, grace=spec.stop_grace)
         for name, proc in procs.items():
             state["services"][name]["exit_code"] = proc.returncode
         for out in logs:
@@ -403,19 +412,20 @@ def supervise(state_dir: Path) -> int:
 
 
 def _stop_services(procs: dict[str, subprocess.Popen], grace: float) -> None:
-    """SIGTERM to each running service, last started first; SIGKILL to those still running after ``grace``."""
-    running = [(n, p) for n, p in reversed(procs.items()) if p.poll() is None]
-    for name, proc in running:
+    """Stop the services in reverse start order (the API before the Chroma it calls, as compose does): SIGTERM,
+    up to ``grace`` seconds to exit, then SIGKILL."""
+    for name, proc in reversed(procs.items()):
+        if proc.poll() is not None:
+            continue
         log.info("SIGTERM to %s (pid %d)", name, proc.pid)
         proc.terminate()
-    deadline = time.monotonic() + grace
-    for name, proc in running:
         try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s: SIGKILL", name, grace)
+            log.warning("%s did not stop within %.0f s of SIGTERM: SIGKILL", name, grace)
             proc.kill()
             proc.wait()
+        log.info("%s exited with code %s", name, proc.returncode)
 
 
 def _main(argv: list[str]) -> int:

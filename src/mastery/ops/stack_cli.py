@@ -23,7 +23,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     spec = StackSpec(model=args.model, artifact=args.artifact, kb_collection=args.kb_collection, host=args.host,
                      api_port=args.api_port, chroma_port=args.chroma_port, chroma_path=args.chroma_path,
-                     start_timeout=args.timeout)
+                     start_timeout=args.timeout, stop_grace=args.grace)
     state = up(spec, Path(args.dir))
     for name, svc in state["services"].items():
         _out(f"{name:<7} {svc['url']:<28} pid {svc['pid']:<8} healthy after {svc['start_seconds']:.2f} s")
@@ -66,7 +66,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from mastery.ops.stack import down
 
-    result = down(Path(args.dir), grace=args.grace)
+    result = down(Path(args.dir))
     if not result["was_running"]:
         _out(f"no stack running from {args.dir}" + (" (cleaned up what was left)" if result["stopped"] else ""))
     else:
@@ -93,6 +93,8 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     p.add_argument("--chroma-port", type=int, default=DEFAULT_CHROMA_PORT, help="default %(default)s")
     p.add_argument("--chroma-path", default=None, help="Chroma's data folder (default <dir>/chroma-data)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds each service has to become healthy")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds each service has between SIGTERM and SIGKILL "
+                                                             "when the stack stops (default %(default)s)")
     add_dir(p)
     p.set_defaults(func=cmd_up)
 
@@ -108,7 +110,6 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     add_dir(p)
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("down", help="stop the stack: SIGTERM, then SIGKILL after the grace period")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+    p = sub.add_parser("down", help="stop the stack: SIGTERM to each service, SIGKILL after the grace period")
     add_dir(p)
     p.set_defaults(func=cmd_down)
