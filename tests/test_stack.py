@@ -235,6 +235,7 @@ def test_compose_file_shape():
     for service in (chroma, api):
         assert all(p.startswith("127.0.0.1:") for p in service["ports"]), "publish on this machine only"
     assert api["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert api["user"].endswith(":-10001:10001}"), "the API container runs as the image's non-root user by default"
 
 
 def _settings_fields() -> list[str]:
