@@ -62,6 +62,8 @@ class DvcRepo:
             "DVC_NO_ANALYTICS": "1",  # no usage report leaves the machine
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_CONFIG_NOSYSTEM": "1",
+            # DVC keeps a per-repository index under /var/tmp/dvc by default: keep it inside the repository.
+            "DVC_SITE_CACHE_DIR": str(self.root.resolve() / ".dvc" / "tmp" / "site-cache"),
             # Stage commands call `python -m mastery...`: the interpreter running this code comes first on PATH.
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         })
