@@ -342,7 +342,19 @@ def _docker(report: Report, config: Config, spec: Any, work: Path, progress: Pro
                       else f"not healthy: {ran.log_tail[-300:]}"},
                      {"step": "POST /predict in the container", "result": ran.predict_status},
                      {"step": "docker stop", "result": f"exit code {ran.exit_code} after {ran.stop_seconds:.1f} s"}]
+            report.check("container_runs", ran.healthy and ran.predict_status == 200 and ran.exit_code == 0
+                         and ran.user.split(":")[0] not in ("", "0", "root"),
+                         "the built image answers /health and /predict as a non-root user and stops with code 0",
+                         f"healthy {ran.healthy}, /predict {ran.predict_status}, user {ran.user}, exit {ran.exit_code}")
     report.table("Docker on this machine", rows)
+    report.note(
+        "Docker: " + (f"an engine answers (server {engine}). " if engine else "no engine answers here, so no image "
+                      "was built; the compose file is validated above and `mastery stack` runs the same services. ")
+        + ("The build used the base image given in docker_base instead of the Dockerfile's "
+           "python:3.11.13-slim-bookworm (a machine without access to Docker Hub cannot pull it); everything else is "
+           "the Dockerfile as committed. " if config.docker_base else "")
+        + "The lab does not pull the official chromadb/chroma image: its Chroma service is `chroma run` from the "
+          "chromadb package at the version constraints.txt pins and the compose file's image tag names.")
 
 
 def _readable_model(spec: Any, work: Path) -> Path:
