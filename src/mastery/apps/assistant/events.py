@@ -4,16 +4,22 @@
     for event in brain.answer(Question(text="What is libtasn1?", session_id="s1", owner="alice")):
         print(event.kind, event.data)
 
-A run emits, in this order (some may be absent):
+A run emits, in this order (some may be absent; ``step`` and ``thought`` events come between the others as
+the graph's nodes run, and a revision sends ``thought``/``token`` events again, with ``step`` "revise"):
 
-- ``route``     ``{"route": "kb"|"web"|"direct", "reason": str, "decided_by": "llm"|"rule", "web_available": bool}``
+- ``route``     ``{"route": "kb"|"web"|"direct", "reason": str, "decided_by": "llm"|"rule"|"user",
+                "web_available": bool, "attempts": int}``: "user" when ``Question.route_hint`` chose it;
+                ``attempts`` counts the router's LLM calls
 - ``step``      ``{"name": str, "status": "start"|"end", "detail": str}``: a graph node starting or ending
                 (route, retrieve, draft, check, critic, revise), shown as the visible reasoning
 - ``passages``  ``{"passages": [Passage as dict, ...]}``: what the answer may cite, numbered from 1
-- ``thought``   ``{"text": str}``: a reasoning model's ``<think>`` part, never part of the answer
-- ``token``     ``{"text": str}``: a piece of the draft answer as the model writes it
+- ``thought``   ``{"text": str, "step": str}``: a piece of a reasoning model's ``<think>`` part (concatenate the
+                pieces of one step: "route", "draft", "critic", "revise"), never part of the answer
+- ``token``     ``{"text": str, "step": "draft"|"revise"}``: a piece of the draft answer as the model writes it;
+                pieces of "revise" replace the draft's
 - ``answer``    ``{"text": str, "citations": [Citation as dict], "unsupported": [str], "refused": bool,
-                "revised": bool}``: the final answer after the citation check and the critic
+                "revised": bool, "route": str}``: the final answer after the citation check and the critic;
+                ``"guarded": true`` added when a guard refused the question or withheld the answer
 - ``usage``     ``{"calls": [LLMCall as dict, ...]}``: every LLM call of the run (monitoring)
 - ``error``     ``{"message": str}``: the run failed; no ``answer`` follows
 
