@@ -108,8 +108,33 @@ def _run(config: Config, progress: Progress) -> Report:
         _stack_story(report, config, spec, work, progress)
         if config.docker:
             _docker(report, config, spec, work, progress)
+    _figure(report)
     report.metrics = {**{k: report.metrics[k] for k in HEADLINE}, **report.metrics}
     return report
+
+
+def _figure(report: Report) -> None:
+    """Where the seconds go: each service's start-up, the first lookup (MiniLM loads in the API), shutdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"chroma_start_seconds": "Chroma healthy", "api_start_seconds": "API healthy (model loaded)",
+              "stack_start_seconds": "stack up (both, in order)", "kb_ingest_seconds": "KB ingest (lab → Chroma)",
+              "kb_first_query_seconds": "first /kb/query (MiniLM loads)", "stack_down_seconds": "stack down",
+              "restart_seconds": "stack up again (data kept)", "docker_start_seconds": "container healthy",
+              "docker_stop_seconds": "docker stop"}
+    shown = [(text, report.timings[key]) for key, text in labels.items() if key in report.timings]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.2))
+    ax.barh([t for t, _ in shown][::-1], [v for _, v in shown][::-1], color="tab:blue")
+    for i, (_, v) in enumerate(shown[::-1]):
+        ax.text(v, i, f" {v:.1f} s", va="center", fontsize=8)
+    ax.set(xlabel="seconds (wall clock, this machine)", title="L26: the stack's start-up, first calls and shutdown")
+    ax.set_xlim(0, max(v for _, v in shown) * 1.2)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    report.figure("stack_timeline", fig)
 
 
 # -- the files ---------------------------------------------------------------------------------------
