@@ -9,7 +9,8 @@ and serves it three ways, one after the other, each as ``mastery predict serve``
 2. ``onnx``: ``--engine onnx --workers 1``, the compiled path alone;
 3. ``new``: ``--engine onnx --workers W`` (``--workers``, default 2: one per core here).
 
-Each gets a sequential warm-up pass, then ``--requests`` POSTs from ``--concurrency`` asyncio workers over
+Each gets a sequential warm-up pass, then ``--requests`` POSTs (``--old-requests`` for the old path, which
+is some 30x slower: the same wall time per path) from ``--concurrency`` asyncio workers over
 one keep-alive client (aiohttp by default: about half httpx's CPU per request, which matters because the
 client runs on the same cores as the server). Prints a side-by-side table on stderr and one JSON object
 on stdout (also written to ``--out``): requests/s, p50/p99 latency (ms, client-side, queueing included),
@@ -17,7 +18,8 @@ errors, the CPU seconds the client and the server processes used, the load avera
 (the machine is shared: other jobs' CPU shows up there), and the speed-up of each path over ``old``.
 Bounded: at most ``--max-seconds`` of sending per path.
 
-Usage: flock /tmp/mastery-cpu.lock .venv/bin/python benchmarks/predict_load.py [--requests 3000] [--concurrency 32]
+Usage: flock /tmp/mastery-cpu.lock .venv/bin/python benchmarks/predict_load.py [--model titanic-logreg]
+       [--requests 10000] [--old-requests 1000] [--concurrency 32] [--workers 2] [--out predict_load.json]
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def _run_path(name: str, model: Path, extra: tuple[str, ...], args: argparse.Nam
         url = server.url + "/predict"
         seq = sequential_latency(url, payloads, args.sequential)
         cpu0 = _server_cpu(server.pid or 0)
-        conc = concurrent_load(url, payloads, args.requests, args.concurrency, max_seconds=args.max_seconds,
-                               client=args.client)
+        n = args.old_requests if name == "old" else args.requests
+        conc = concurrent_load(url, payloads, n, args.concurrency, max_seconds=args.max_seconds, client=args.client)
         server_cpu = _server_cpu(server.pid or 0) - cpu0
     return {"server": "mastery predict serve " + " ".join(server_args), "sequential": _rounded(seq.summary()),
             "concurrent": _rounded({**conc.summary(), "server_cpu_s": server_cpu,
@@ -74,7 +76,8 @@ def _run_path(name: str, model: Path, extra: tuple[str, ...], args: argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000, help="concurrent-phase POSTs per path")
+    parser.add_argument("--requests", type=int, default=10_000, help="concurrent-phase POSTs of the onnx paths")
+    parser.add_argument("--old-requests", type=int, default=1000, help="concurrent-phase POSTs of the old path")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--sequential", type=int, default=200, help="requests sent one at a time first")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop sending after this long, per path")
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", default="old,onnx,new", help="which paths to run, comma-separated")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    if not (1 <= args.requests <= 100_000 and 1 <= args.concurrency <= 256 and 1 <= args.workers <= 16):
+    if not (1 <= args.requests <= 100_000 and 1 <= args.old_requests <= 100_000 and 1 <= args.concurrency <= 256
+            and 1 <= args.workers <= 16):
         parser.error("--requests must be in 1..100000, --concurrency in 1..256, --workers in 1..16")
     paths = {"old": ("--engine", "sklearn", "--workers", "1"), "onnx": ("--engine", "onnx", "--workers", "1"),
              "new": ("--engine", "onnx", "--workers", str(args.workers))}
@@ -115,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} logical cores, python {platform.python_version()}",
         "model": source,
         "client": f"{args.client}, HTTP/1.1 keep-alive, {args.concurrency} connections, in this process",
-        "settings": {"requests": args.requests, "concurrency": args.concurrency, "sequential": args.sequential},
+        "settings": {"requests": args.requests, "old_requests": args.old_requests, "concurrency": args.concurrency,
+                     "sequential": args.sequential, "workers": args.workers},
+        "load_average_note": "1-minute load average of the whole machine around each path (2 cores, shared with "
+                             "other jobs: anything above ~2 means the server and client queued for CPU)",
         "paths": results,
     }
     _table(results)
