@@ -94,3 +94,22 @@ def test_local_and_ray_sweeps_log_every_trial_and_agree(tmp_path, capsys, ray_lo
     # Same seeds, same data, one thread each: the engines train the same models.
     assert local_acc == pytest.approx(ray_acc, abs=0.01)
     assert on_ray["best"]["params"] == local["best"]["params"]
+
+
+def test_the_local_ray_listens_on_loopback_only_with_private_files(ray_local):  # noqa: F811
+    import os
+    import stat
+
+    import psutil
+
+    from mastery.ops.ray_runtime import ray_temp_dir
+
+    ray_local.get(ray_local.remote(lambda: 1).remote())  # a worker is up, with its own server
+    tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    pids = {p.pid for p in tree}
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert len(listening) >= 4  # GCS, raylet (2), this driver, the worker, the runtime-env agent
+    assert {c.laddr.ip.removeprefix("::ffff:") for c in listening} == {"127.0.0.1"}, listening
+    folder = ray_temp_dir()
+    assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.lstat(folder / "auth_token").st_mode) == 0o600
