@@ -383,3 +383,12 @@ def test_kb_retriever_falls_back_to_hybrid_without_a_measured_reranker(monkeypat
     assert open_kb_retriever(kb, "docs") == "hybrid" and kb.asked == [("hybrid", None)]
     monkeypatch.setattr(rerank, "registered_cross_encoder", lambda *a, **k: "scorer")
     assert open_kb_retriever(kb, "docs") == "hybrid+rerank" and kb.asked[-1] == ("hybrid+rerank", "scorer")
+
+
+def test_llm_direct_is_overruled_when_the_kb_has_a_close_passage() -> None:
+    llm = script(route='{"route": "direct", "reason": "small talk"}',
+                 draft="Libtasn1 is a library for ASN.1 structures and DER encoding [2].")
+    route = one(run(ResearchBrain(llm, MemoryRetriever()), "What is libtasn1 used for?"), "route")
+    assert (route["route"], route["decided_by"]) == ("kb", "rule") and "the LLM said direct" in route["reason"]
+    route = one(run(ResearchBrain(llm, MemoryRetriever()), "What is the capital of Peru?"), "route")
+    assert (route["route"], route["decided_by"]) == ("direct", "llm")

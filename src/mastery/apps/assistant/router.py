@@ -4,7 +4,8 @@ The LLM is asked for ``{"route": ..., "reason": ...}``; an unparsable reply gets
 bot's intent classifier does (:mod:`mastery.agents.support.classify`); after a second miss, or an LLM error,
 :func:`rule_route` decides:
 
-1. a greeting, thanks or small talk, or an arithmetic expression -> ``direct``;
+1. a greeting, thanks or small talk, or an arithmetic expression -> ``direct``
+   (an LLM ``direct`` for anything else is overruled when the knowledge base has a close passage);
 2. words asking for fresh facts ("latest", "today", "news", ...) -> ``web`` when a backend is configured;
 3. the knowledge base has a passage close to the question (cosine >= ``kb_min_similarity``) -> ``kb``;
 4. a follow-up ("and its license?") -> the previous turn's route;
@@ -64,6 +65,11 @@ def is_follow_up(question: str) -> bool:
     return len(question.split()) <= 12 and bool(_FOLLOW_UP.search(question))
 
 
+def is_small_talk(question: str) -> bool:
+    """A greeting, thanks or small talk, or an arithmetic expression: what needs no sources."""
+    return bool(_GREETING.match(question) or _ARITHMETIC.match(question))
+
+
 def parse_route(text: str, web_available: bool) -> tuple[str | None, str, str | None]:
     """(route, reason, problem): tolerant of prose and fences around the JSON object, strict about the route."""
     objects = [o for o in json_objects(text or "") if isinstance(o, dict)]
@@ -109,9 +115,25 @@ def system_prompt(web_available: bool, kb_description: str) -> str:
         routes.append("web: recent events, news, or facts outside the knowledge base (searches the web)")
     routes.append("direct: greetings, thanks, small talk, arithmetic, questions about this conversation")
     unavailable = "" if web_available else "Web search is unavailable. "
-    names = "|".join(r.split(":")[0] for r in routes)
     return ("You route a user's question to where its answer is. Routes:\n" + "\n".join(routes) + "\n"
-            + unavailable + f'Reply with only a JSON object: {{"route": "{names}", "reason": "<a few words>"}}')
+            + unavailable + 'Reply with only a JSON object: {"route": "<one route>", "reason": "<a few words>"}')
+
+
+def demo_turns(web_available: bool) -> list[dict[str, str]]:
+    """Worked turns: with the routes written as "kb|web|direct" and no example, Qwen2.5-Coder-0.5B copied the
+    template ({"route": "kb|direct"}) on every question; small models copy a demonstrated format far better."""
+    examples = [("Thanks, that was helpful!", "direct", "small talk"),
+                ("What is 17 * 3?", "direct", "arithmetic")]
+    if web_available:
+        examples.append(("What happened in the news today?", "web", "recent events"))
+    # "kb" last and twice: a question about a named thing is the usual case, and the 0.5B model leans towards
+    # the route of the nearest example
+    examples += [("What is the maximum file size the importer accepts?", "kb", "a fact from the documents"),
+                 ("What does the documentation say about the configuration file format?", "kb",
+                  "about the documents")]
+    return [turn for question, route, reason in examples for turn in (
+        {"role": "user", "content": f"Question: {question}"},
+        {"role": "assistant", "content": f'{{"route": "{route}", "reason": "{reason}"}}'})]
 
 
 REMINDER = ('That is not a valid answer. Reply with only a JSON object {{"route": "...", "reason": "..."}} where '
@@ -152,7 +174,8 @@ class Router:
         problem = "no LLM"
         if self.llm is not None:
             context = f"Conversation so far:\n{history_text(history)}\n\n" if history else ""
-            messages: list[dict[str, str]] = [{"role": "user", "content": f"{context}Question: {question}"}]
+            messages: list[dict[str, str]] = [*demo_turns(self.web_available),
+                                              {"role": "user", "content": f"{context}Question: {question}"}]
             routes = ", ".join(r for r in ROUTES if r != "web" or self.web_available)
             for attempt in range(1 + self.retries):
                 try:
@@ -173,6 +196,14 @@ class Router:
                 route, reason, problem = parse_route(text, self.web_available)
                 if route is not None:
                     decision.decided_by = "llm"
+                    if route == "direct" and not is_small_talk(question) and kb_similarity is not None:
+                        # an uncited answer is the exception: the 0.5B model sent "How do I install a package
+                        # on Debian?" to direct with the Debian FAQ in the knowledge base
+                        best = kb_similarity()
+                        if best is not None and best >= self.kb_min_similarity:
+                            decision.decided_by = "rule"
+                            route, reason = "kb", (f"the LLM said direct ({reason}), but the knowledge base has a "
+                                                   f"passage close to the question (cosine {best:.2f})")
                     return self._available(route, reason, decision)
                 log.info("event=route_miss attempt=%d problem=%r", attempt + 1, problem)
                 messages += [{"role": "assistant", "content": text or "(empty)"},
