@@ -1,7 +1,9 @@
 """Loading files for the knowledge base: PDF (with page numbers), Markdown, plain text and HTML.
 
 Each file becomes a :class:`SourceFile` holding page-level :class:`Page` records: one per PDF page
-that has extractable text, or a single page numbered 0 for formats without pages. Anything a user
+that has extractable text, or a single page numbered 0 for formats without pages. PDF text comes from
+:mod:`mastery.retrieval.pdf_text` (pypdfium2, words spaced; pages that look run together are re-extracted
+another way), and each page records its extractor. Anything a user
 can get wrong (a missing, unreadable, encrypted, empty, non-UTF-8 or unsupported file) raises
 :class:`DocumentError` with the file's name and what to do.
 """
@@ -38,6 +40,7 @@ class Page:
     text: str
     format: str  # "pdf", "markdown", "text" or "html"
     file_hash: str  # sha256 of the file's bytes
+    extractor: str = ""  # PDF: the extractor whose text this is (see retrieval/pdf_text.py); "" otherwise
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,9 @@ def load_file(path: str | Path) -> SourceFile:
         texts, n_pages = _pdf_pages(path, data)
     else:
         text = _decode(path, data)
-        texts, n_pages = [(0, html_to_text(text) if fmt == "html" else text)], 1
-    pages = tuple(Page(resolved, path.name, number, cleaned, fmt, file_hash)
-                  for number, raw in texts if (cleaned := normalize_text(raw)))
+        texts, n_pages = [(0, html_to_text(text) if fmt == "html" else text, "")], 1
+    pages = tuple(Page(resolved, path.name, number, cleaned, fmt, file_hash, extractor)
+                  for number, raw, extractor in texts if (cleaned := normalize_text(raw)))
     if not pages:
         hint = " (a scanned PDF? run OCR first, e.g. ocrmypdf)" if fmt == "pdf" else ""
         raise DocumentError(f"{path.name}: no extractable text{hint}")
@@ -126,34 +129,23 @@ def _decode(path: Path, data: bytes) -> str:
                             "convert it, e.g. iconv -f latin1 -t utf-8") from None
 
 
-def _pdf_pages(path: Path, data: bytes) -> tuple[list[tuple[int, str]], int]:
-    import io
-
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
+def _pdf_pages(path: Path, data: bytes) -> tuple[list[tuple[int, str, str]], int]:
+    """(page number, text, extractor) per page: pypdfium2, with run-together pages re-extracted (pdf_text.py)."""
+    from mastery.retrieval.pdf_text import PdfTextError, extract_pdf
 
     if b"%PDF-" not in data[:1024]:  # readers accept the header anywhere in the first KiB
         raise DocumentError(f"{path.name}: not a PDF (no %PDF header)")
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            # Many PDFs are encrypted only against editing, with an empty user password: those open.
-            try:
-                opened = reader.decrypt("")
-            except (PyPdfError, NotImplementedError, ValueError) as exc:
-                raise DocumentError(f"{path.name}: encrypted PDF that cannot be opened ({exc})") from None
-            if not opened:
-                raise DocumentError(f"{path.name}: encrypted PDF (password required); decrypt it first, "
-                                    "e.g. qpdf --decrypt --password=... in.pdf out.pdf")
-        n_pages = len(reader.pages)
-        texts = [(i + 1, page.extract_text() or "") for i, page in enumerate(reader.pages)]
-    except DocumentError:
-        raise
-    except Exception as exc:  # pypdf raises many types (PdfReadError, KeyError, struct errors) for broken files
-        raise DocumentError(f"{path.name}: unreadable PDF ({type(exc).__name__}: {exc})") from None
-    if n_pages == 0:
+        # Many PDFs are encrypted only against editing, with an empty user password: those open.
+        extracted = extract_pdf(data, path.name)
+    except PdfTextError as exc:
+        if exc.password:
+            raise DocumentError(f"{path.name}: encrypted PDF (password required); decrypt it first, "
+                                "e.g. qpdf --decrypt --password=... in.pdf out.pdf") from None
+        raise DocumentError(f"{path.name}: unreadable PDF ({exc})") from None
+    if extracted.n_pages == 0:
         raise DocumentError(f"{path.name}: the PDF has no pages")
-    return texts, n_pages
+    return [(p.page, p.text, p.extractor) for p in extracted.pages], extracted.n_pages
 
 
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mastery.core.progress import NullProgress, Progress
-from mastery.retrieval.chunking import check_sizes, chunk_file, source_key
+from mastery.retrieval.chunking import check_sizes, chunk_file, chunking_label, source_key
 from mastery.retrieval.documents import DocumentError, SourceFile, expand_paths, load_file
 from mastery.retrieval.kb import (
     FILE_PREFIX,
@@ -210,7 +210,7 @@ def _ingest_loaded(kb: KnowledgeBase, files: list[SourceFile], collection: str, 
     original = copy.deepcopy(manifest)  # what an error puts back
     leftovers = set(manifest.hidden)  # versions an interrupted ingest left behind
     result.interrupted = bool(leftovers)
-    plans = _plan(col, manifest, files, f"{chunk_size}/{chunk_overlap}", chunk_size, chunk_overlap, result)
+    plans = _plan(col, manifest, files, chunking_label(chunk_size, chunk_overlap), chunk_size, chunk_overlap, result)
     result.load_seconds = time.perf_counter() - start
     if not plans and not leftovers and not manifest.new:
         return _done(result, collection)  # nothing to write, nothing to repair: not one write call
@@ -226,7 +226,7 @@ def _ingest_loaded(kb: KnowledgeBase, files: list[SourceFile], collection: str, 
         for p in plans:
             manifest.files[source_key(p.file.path)] = {
                 "version": p.version, "path": p.file.path, "source": p.file.source, "file_hash": p.file.file_hash,
-                "chunking": f"{chunk_size}/{chunk_overlap}", "chunks": len(p.docs)}
+                "chunking": chunking_label(chunk_size, chunk_overlap), "chunks": len(p.docs)}
         retired = set().union(*(p.old_versions for p in plans)) if plans else set()
         manifest.hidden = (manifest.hidden - writing) | retired
         manifest.new = False
