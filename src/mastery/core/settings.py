@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     price_table: Path | None = Field(default=None, description="LLM price table file, JSON or TOML (default: all 0)")
     api_keys_file: Path | None = Field(default=None, description="hashed API keys of the HTTP services "
                                        "(default <cache>/api-keys.json; see 'mastery keys')")
+    # -- research assistant ----------------------------------------------------------------------
+    assistant_dir: Path | None = Field(default=None, description="the Research Assistant's sessions database "
+                                       "and uploaded files (default <cache>/assistant)")
+    assistant_guards: bool = Field(default=True, description="run the Research Assistant's guard layer before "
+                                   "and after its LLM calls (false: skip every guard)")
     # -- LLM client (validated together by mastery.llm.settings.LLMSettings) ----------------------
     llm_backend: str = Field(default=BACKENDS[0], description="embedded, ollama or openai")
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL ending in /v1")
@@ -125,7 +130,7 @@ class Settings(BaseSettings):
         return tuple(p.expanduser() for p in value)
 
     @field_validator("cache", "model_store", "kb_dir", "crewai_dir", "price_table", "api_keys_file",
-                     mode="after")
+                     "assistant_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

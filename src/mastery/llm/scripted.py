@@ -11,6 +11,7 @@ gets what it would get from the fake in process, token counts included. The syst
 the messages and handed to the fake as ``system``, as :meth:`LLMClient.chat` put it in. Faults
 (:class:`Fault`) pick calls by their arrival number: ``delay`` (answer late, to force client timeouts),
 ``http_500``/``http_503`` (an error body), and ``drop`` (headers, half a body, then the connection closes).
+A request with ``"stream": true`` gets the reply as server-sent chunks, one per word, usage last.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint signatures at runtime.
@@ -113,6 +114,8 @@ def create_scripted_app(scripted: ScriptedLLM) -> Any:
         calls = [{"id": f"call_{n}_{i}", "type": "function",
                   "function": {"name": c["name"], "arguments": c["arguments"]}}
                  for i, c in enumerate(completion.tool_calls)]
+        if body.get("stream"):
+            return _streamed(completion, scripted.model, n)
         message: dict[str, Any] = {"role": "assistant", "content": completion.text}
         if calls:
             message["tool_calls"] = calls
@@ -122,6 +125,30 @@ def create_scripted_app(scripted: ScriptedLLM) -> Any:
                           "total_tokens": completion.prompt_tokens + completion.completion_tokens}}
 
     return app
+
+
+def _streamed(completion: Any, model: str, n: int) -> Any:
+    """The reply as OpenAI's server-sent chunks: one per word, then the finish reason, then the usage."""
+    import json
+    import re
+
+    from starlette.responses import StreamingResponse
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return "data: " + json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion.chunk", "created": 0,
+                                      "model": model, "choices": choices, "usage": usage}) + "\n\n"
+
+    def events() -> Any:
+        for piece in re.findall(r"\S+\s*|\s+", completion.text):
+            yield chunk({"content": piece})
+        yield chunk({}, completion.finish_reason or "stop")
+        yield chunk(None, usage={"prompt_tokens": completion.prompt_tokens,
+                                 "completion_tokens": completion.completion_tokens,
+                                 "total_tokens": completion.prompt_tokens + completion.completion_tokens})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _dropped() -> Any:

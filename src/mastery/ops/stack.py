@@ -130,6 +130,30 @@ def services(spec: StackSpec, state_dir: Path) -> list[Service]:
     return [chroma, api]
 
 
+@dataclass(frozen=True)
+class ServicePlan:
+    """Any services, started in this order by the same supervisor (``mastery assistant up`` runs one)."""
+
+    services: tuple[Service, ...]
+    host: str = LOCALHOST
+    start_timeout: float = 120.0
+    stop_grace: float = 10.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServicePlan:
+        svcs = tuple(Service(**{**s, "argv": tuple(s["argv"])}) for s in data["services"])
+        return cls(svcs, **{k: v for k, v in data.items() if k != "services"})
+
+
+def planned(spec: StackSpec | ServicePlan, state_dir: Path) -> list[Service]:
+    return list(spec.services) if isinstance(spec, ServicePlan) else services(spec, state_dir)
+
+
+def _read_spec(state_dir: Path) -> StackSpec | ServicePlan:
+    data = json.loads((state_dir / "spec.json").read_text())
+    return ServicePlan.from_json(data) if "services" in data else StackSpec(**data)
+
+
 # -- processes -----------------------------------------------------------------------------------
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time in clock ticks) from /proc, or None when there is no such process."""
@@ -219,17 +243,17 @@ def _supervisor_alive(state: dict[str, Any] | None) -> bool:
 
 
 # -- up ------------------------------------------------------------------------------------------
-def up(spec: StackSpec, state_dir: Path = DEFAULT_DIR, timeout: float | None = None) -> dict[str, Any]:
+def up(spec: StackSpec | ServicePlan, state_dir: Path = DEFAULT_DIR, timeout: float | None = None) -> dict[str, Any]:
     """Start the supervisor and return its state once every service is healthy (StackError otherwise)."""
     state_dir = Path(state_dir)
     current = read_state(state_dir)
     if _supervisor_alive(current):
         raise StackError(f"a stack is already running from {state_dir} (supervisor pid "
                          f"{current['supervisor_pid']}); stop it with 'mastery stack down'")
-    for name, port in (("api", spec.api_port), ("chroma", spec.chroma_port)):
-        if not port_free(spec.host, port):
-            raise StackError(f"port {port} on {spec.host} is in use ({name}); pick another with --{name}-port")
-    services(spec, state_dir)  # fail here, in the caller, on a missing chroma CLI
+    for svc in planned(spec, state_dir):  # fails here, in the caller, on a missing chroma CLI
+        if not port_free(spec.host, svc.port):
+            raise StackError(f"port {svc.port} on {spec.host} is in use ({svc.name}); pick another with "
+                             f"--{svc.name}-port")
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     (state_dir / "state.json").unlink(missing_ok=True)
     _write_json(state_dir / "spec.json", asdict(spec))
@@ -349,7 +373,7 @@ def supervise(state_dir: Path) -> int:
     from mastery.core.services import wait_until_healthy
 
     state_dir = Path(state_dir)
-    spec = StackSpec(**json.loads((state_dir / "spec.json").read_text()))
+    spec = _read_spec(state_dir)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
     me = os.getpid()
@@ -363,7 +387,7 @@ def supervise(state_dir: Path) -> int:
     code = 0
     try:
         t0 = time.monotonic()
-        for svc in services(spec, state_dir):
+        for svc in planned(spec, state_dir):
             start = time.monotonic()
             out = open(state_dir / "logs" / f"{svc.name}.log", "wb")  # noqa: SIM115 - closed in finally
             logs.append(out)

@@ -61,9 +61,11 @@ class RequestContextMiddleware:
     (it is at most ``max_body_bytes``), checked, and handed to the app unchanged.
     """
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, max_body_bytes: int, raw_body_paths: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # path -> byte limit: bodies of any type (file uploads), streamed to the app unread
+        self.raw_body_paths = dict(raw_body_paths or {})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -86,8 +88,10 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            refusal: tuple[Any, ...] | None = self._refuse_body(scope["method"], headers)
-            if refusal is None and scope["method"] in _BODY_METHODS and int(headers["content-length"]) > 0:
+            raw_limit = self.raw_body_paths.get(scope["path"])
+            refusal: tuple[Any, ...] | None = self._refuse_body(scope["method"], headers, raw_limit)
+            if refusal is None and raw_limit is None and scope["method"] in _BODY_METHODS \
+                    and int(headers["content-length"]) > 0:
                 body = await _read_body(receive, self.max_body_bytes)
                 if body is None:  # the client went away, or sent more than it announced
                     refusal = 413, f"body larger than the limit of {self.max_body_bytes} bytes"
@@ -111,7 +115,8 @@ class RequestContextMiddleware:
             fields.update(state.get("log_fields", {}))
             access_log.info("request", extra={"fields": fields})
 
-    def _refuse_body(self, method: str, headers: dict[str, str]) -> tuple[int, str] | None:
+    def _refuse_body(self, method: str, headers: dict[str, str], raw_limit: int | None = None
+                     ) -> tuple[int, str] | None:
         if method not in _BODY_METHODS:
             return None
         length = headers.get("content-length")
@@ -119,9 +124,10 @@ class RequestContextMiddleware:
             return 411, "a Content-Length header is required (chunked bodies are not accepted)"
         if not (length.isascii() and length.isdigit()):
             return 400, f"invalid Content-Length header {length[:20]!r}"
-        if int(length) > self.max_body_bytes:
-            return 413, f"body of {int(length)} bytes is larger than the limit of {self.max_body_bytes}"
-        if int(length) > 0 and not _is_json(headers.get("content-type")):
+        limit = raw_limit if raw_limit is not None else self.max_body_bytes
+        if int(length) > limit:
+            return 413, f"body of {int(length)} bytes is larger than the limit of {limit}"
+        if raw_limit is None and int(length) > 0 and not _is_json(headers.get("content-type")):
             shown = (headers.get("content-type") or "none")[:60]
             return 415, f"Content-Type {shown!r} is not accepted: send the body as application/json"
         return None
