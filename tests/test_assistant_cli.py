@@ -126,5 +126,27 @@ def test_serve_refuses_to_start_without_a_key_and_the_parser_knows_every_verb(tm
     parser = build_parser()
     args = parser.parse_args(["assistant", "up", "--llm", "fake", "--no-ui", "--port", "9001"])
     assert args.llm == "fake" and args.no_ui and args.port == 9001 and args.dir == "runs/assistant"
-    for verb in ("serve", "status", "down", "logs", "fake-llm"):
+    for verb in ("serve", "status", "down", "logs", "fake-llm", "ui"):
         assert parser.parse_args(["assistant", verb]).func.__name__.startswith("cmd_")
+
+
+def test_compose_runs_the_same_three_services():
+    from pathlib import Path
+
+    import yaml
+
+    from mastery.core.settings import Settings
+
+    compose = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "compose.yaml").read_text())
+    llm, api, ui = (compose["services"][name] for name in ("llm", "assistant-api", "assistant-ui"))
+    assert api["command"][:2] == ["assistant", "serve"] and ui["command"][:2] == ["assistant", "ui"]
+    assert api["command"][api["command"].index("--llm-url") + 1] == "http://llm:8080/v1"
+    assert ui["command"][ui["command"].index("--api-url") + 1] == "http://assistant-api:8000"
+    assert api["depends_on"]["llm"]["condition"] == "service_healthy"
+    assert ui["depends_on"]["assistant-api"]["condition"] == "service_healthy"
+    assert "/health" in " ".join(llm["healthcheck"]["test"])
+    assert "/_stcore/health" in " ".join(ui["healthcheck"]["test"])
+    assert set(api["environment"]) <= {"MASTERY_" + f.upper() for f in Settings.model_fields}
+    for service in (llm, api, ui):
+        assert all(p.startswith("127.0.0.1:") for p in service["ports"]), "publish on this machine only"
+    assert api["volumes"][0].split(":")[0] in compose["volumes"]  # the history outlives the container

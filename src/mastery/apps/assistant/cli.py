@@ -125,6 +125,16 @@ def cmd_fake_llm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from mastery.apps.assistant.supervisor import ui_argv, ui_script
+
+    if not ui_script().is_file():
+        raise MasteryError(f"the assistant UI is not installed ({ui_script()} is missing)")
+    argv = ui_argv(args.host, args.port, args.api_url)
+    sys.stdout.flush()
+    os.execv(argv[0], list(argv))  # streamlit takes this process over: signals reach it directly
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from mastery.apps.assistant.supervisor import AssistantStack, assistant_plan
     from mastery.ops.stack import up
@@ -222,6 +232,13 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
         if name == "status":
             p.add_argument("--json", action="store_true", help="the full state as JSON")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("ui", help="run the Streamlit UI in the foreground, talking to the API at --api-url")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="port (default %(default)s)")
+    p.add_argument("--api-url", default=f"http://127.0.0.1:{DEFAULT_API_PORT}",
+                   help="the assistant API (default %(default)s)")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("logs", help="the last lines of each service's log")
     p.add_argument("service", nargs="?", default=None, help="supervisor, llm, api or ui (default: all)")

@@ -36,6 +36,13 @@ def ui_script() -> Path:
     return Path(__file__).with_name("ui.py")
 
 
+def ui_argv(host: str, port: int, api_url: str) -> tuple[str, ...]:
+    """Streamlit serving the UI headless on ``host:port``; the script gets ``--api-url URL`` in its argv."""
+    return (sys.executable, "-m", "streamlit", "run", str(ui_script()), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--", "--api-url", api_url)
+
+
 @dataclass(frozen=True)
 class AssistantStack:
     """What ``up`` runs: the LLM (``embedded``: ``mastery llm serve``; ``fake``: the scripted server; or an
@@ -93,10 +100,8 @@ def assistant_plan(spec: AssistantStack, state_dir: Path) -> Any:
     api_url = f"http://{spec.host}:{spec.api_port}"
     out.append(Service("api", tuple(api), api_url, "/health", one_thread))
     if spec.ui and ui_script().is_file():
-        argv = (sys.executable, "-m", "streamlit", "run", str(ui_script()), "--server.address", spec.host,
-                "--server.port", str(spec.ui_port), "--server.headless", "true",
-                "--browser.gatherUsageStats", "false", "--", "--api-url", api_url)
-        out.append(Service("ui", argv, f"http://{spec.host}:{spec.ui_port}", UI_HEALTH))
+        out.append(Service("ui", ui_argv(spec.host, spec.ui_port, api_url), f"http://{spec.host}:{spec.ui_port}",
+                           UI_HEALTH))
     return ServicePlan(tuple(out), host=spec.host, start_timeout=spec.start_timeout, stop_grace=spec.stop_grace)
 
 
