@@ -69,7 +69,10 @@ def _run_path(name: str, model: Path, extra: tuple[str, ...], args: argparse.Nam
         server_cpu = _server_cpu(server.pid or 0) - cpu0
     return {"server": "mastery predict serve " + " ".join(server_args), "sequential": _rounded(seq.summary()),
             "concurrent": _rounded({**conc.summary(), "server_cpu_s": server_cpu,
-                                    "server_cpu_share": server_cpu / max(conc.seconds, 1e-9)}),
+                                    "server_cpu_share": server_cpu / max(conc.seconds, 1e-9),
+                                    # CPU per request barely depends on what else the machine runs; req/s does
+                                    "server_cpu_ms_per_request": 1000 * server_cpu / max(conc.n_sent, 1),
+                                    "client_cpu_ms_per_request": 1000 * conc.client_cpu_s / max(conc.n_sent, 1)}),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
@@ -136,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _table(results: dict[str, Any]) -> None:
     head = f"{'path':<6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'client CPU':>11} " \
-           f"{'server CPU':>11} {'x old':>6}  server"
+           f"{'server CPU':>11} {'server CPU/req':>15} {'x old':>6}  server"
     lines = [head]
     for name, r in results.items():
         c = r["concurrent"]
         lines.append(f"{name:<6} {c['requests_per_s']:>8.0f} {c['p50_ms']:>8.1f} {c['p99_ms']:>8.1f} "
                      f"{c['errors']:>7d} {c['client_cpu_share']:>10.0%} {c['server_cpu_share']:>10.0%} "
+                     f"{c['server_cpu_ms_per_request']:>12.2f} ms "
                      f"{r.get('speedup_vs_old', float('nan')):>6.1f}  {r['server']}")
     sys.stderr.write("\n".join(lines) + "\n(CPU shares are of one core, over the concurrent phase)\n")
 
