@@ -5,15 +5,19 @@ socket they plug into, so adding them later changes no route and no graph node::
 
     guards = Guards(input=screen_prompt, output=screen_answer)        # each (text) -> text, or raise GuardRefusal
     chat = guards.wrap_chat(LLMClient(...))                           # every LLM call the brain makes is screened
-    create_app(AssistantAPISettings(..., guards=guards))              # the question and the final answer too
+    brain = ResearchBrain(chat, ..., input_guard=guards.check_input, output_guard=guards.check_output)
+    create_app(AssistantAPISettings(brain=brain, guards=guards, guards_in_brain=True, ...))
 
-Three places see the text, all through this one object:
+:func:`mastery.apps.assistant.api.default_settings` wires exactly this. Three places see the text, all through
+this one object:
 
-- the API screens each question before the brain starts (a refusal answers 400 with the guard's reason);
-- :meth:`Guards.wrap_chat` screens every prompt the brain sends to the LLM and every completion it gets back,
-  whatever node makes the call (router, draft, critic), because it wraps the ChatModel the brain is built on;
-- the API screens the final answer before it is streamed, stored or returned (a refusal replaces the answer
-  with the guard's reason and marks it ``refused``).
+- the question, before any LLM call: the ResearchBrain answers a refused question with a refusal (kept in the
+  history and in its memory); for a brain that does not screen (``guards_in_brain=False``) the API does, and
+  answers 400 with the guard's reason;
+- every prompt the brain sends to the LLM and every completion it gets back, whatever node makes the call
+  (router, draft, critic), because :meth:`Guards.wrap_chat` wraps the ChatModel the brain is built on;
+- the final answer, before it is streamed, stored or returned: a refusal replaces it with the guard's reason
+  and marks it ``refused`` and ``guarded`` (the brain does this, or the API for a brain that does not).
 
 ``MASTERY_ASSISTANT_GUARDS=false`` (or ``enabled=False``) turns every check off without unplugging them.
 A guard returns the text to use (unchanged, or redacted) or raises :class:`GuardRefusal`.
