@@ -19,8 +19,11 @@ and the runtime-env agent on the machine's outward address. :func:`ray_session` 
   are limited to 107 bytes; ``TMPDIR`` moves it);
 - turns off usage statistics (``RAY_USAGE_STATS_ENABLED=0``): nothing is sent anywhere.
 
-With ``address`` it joins a running cluster instead (``ray start --head --node-ip-address 127.0.0.1
---include-dashboard=false`` on this machine, or a real one), whose own settings then apply.
+With ``address`` it joins a running cluster instead, whose own settings then apply. Measured for
+``ray start --head --node-ip-address 127.0.0.1 --include-dashboard=false``: it binds loopback only when
+started with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (otherwise the address is replaced as above), and it
+runs *without* token authentication unless ``RAY_AUTH_MODE=token`` is set (it says so in a warning);
+its Ray Client server listens on port 10001. The README shows the full recipe.
 
 Ray reads these variables when it is imported and when its processes start, so they are set before the
 first ``import ray``; a process that imported Ray earlier gets a warning and Ray's defaults for what it
