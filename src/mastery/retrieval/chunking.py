@@ -155,7 +155,8 @@ def chunk_pages(pages: Sequence[Page], chunk_size: int = DEFAULT_CHUNK_SIZE,
 
     Metadata: source (file name), path, page (0 = no pages), chunk, start (character offset in the
     page), section (the heading the chunk falls under, "" if none), content_hash (of the chunk),
-    file_hash (of the whole file) and format. PDF and text pages are cut at their headings first.
+    file_hash (of the whole file), format and extractor (PDF: which extractor's text; "" otherwise).
+    PDF and text pages are cut at their headings first.
     """
     check_sizes(chunk_size, chunk_overlap)
     splitters: dict[str, object] = {}
@@ -178,7 +179,7 @@ def chunk_pages(pages: Sequence[Page], chunk_size: int = DEFAULT_CHUNK_SIZE,
                 text=text,
                 metadata={"source": page.source, "path": page.path, "page": page.page, "chunk": i,
                           "start": start, "section": heading, "content_hash": content_hash(text),
-                          "file_hash": page.file_hash, "format": page.format},
+                          "file_hash": page.file_hash, "format": page.format, "extractor": page.extractor},
             ))
     return docs
 
