@@ -81,6 +81,19 @@ def test_a_bad_grid_is_one_line_and_exit_2_before_anything_runs(tmp_path, capsys
     assert not (tmp_path / "runs").exists()  # no MLflow store, no Ray, no trial
 
 
+def test_a_ray_address_where_nothing_listens_is_one_line_at_once(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = main(["labs", "sweep", "l05", *GRID, "--engine", "ray", "--ray-address", f"127.0.0.1:{port}",
+               "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"127.0.0.1:{port}" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 @needs_mirror
 def test_local_and_ray_sweeps_log_every_trial_and_agree(tmp_path, capsys, ray_local):  # noqa: F811
     local = _sweep(capsys, tmp_path / "local")

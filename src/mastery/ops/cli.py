@@ -87,6 +87,10 @@ def cmd_batch_score(args: argparse.Namespace) -> int:
     from mastery.ops.batch_score import batch_score, titanic_scorer
     from mastery.serving.cli import _load
 
+    if args.ray_address is not None:
+        from mastery.ops.ray_runtime import check_address
+
+        check_address(args.ray_address)  # before the model loads
     with tempfile.TemporaryDirectory(prefix="mastery-batch-") as tmp:
         artifact = _load(args, tmp)
         stats = batch_score(args.input, args.output, titanic_scorer(artifact), engine=args.engine,

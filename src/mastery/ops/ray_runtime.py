@@ -94,6 +94,21 @@ def _prepare_env(address: str | None, folder: Path) -> None:
     os.environ.update(env)
 
 
+def check_address(address: str) -> None:
+    """A HOST:PORT nobody listens on is one line, at once; Ray itself retries it for minutes before giving up."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray://..., or a form Ray resolves itself
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the "
+                          "head with 'ray start --head' first") from None
+
+
 def init_ray(num_cpus: int | None = None, address: str | None = None) -> Any:
     """Start a private local Ray with ``num_cpus`` CPUs, or join the cluster at ``address``; return ``ray``."""
     if address is not None and num_cpus is not None:
@@ -106,6 +121,7 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> Any:
         ctx = ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(folder / "ray"), log_to_driver=False,
                        logging_level=logging.WARNING, configure_logging=False)
     else:
+        check_address(address)
         try:
             ctx = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                            configure_logging=False)

@@ -209,6 +209,10 @@ def sweep(lab_id: str, grid: dict[str, list[str]], *, preset: str = "tiny", base
     base = list(base or [])
     lab = load_lab(lab_id)
     combos = expand_grid(lab, preset, grid, base)  # every ConfigError before anything runs
+    if address is not None:
+        from mastery.ops.ray_runtime import check_address
+
+        check_address(address)
     metric = metric or lab.module.HEADLINE[0]
     mode = mode or default_mode(metric)
     out = Path(out)
