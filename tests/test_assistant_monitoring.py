@@ -1,0 +1,150 @@
+"""Monitoring of the Research Assistant: one trace per answer with a span per LLM call (GenAI attributes), the
+p50/p95 aggregation, and the /monitoring page behind the API's keys.
+
+The brain is the real LangGraph graph on the ScriptedChat fake with simulated timings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mastery.apps.assistant.events import Event, Question
+from mastery.apps.assistant.graph import ResearchBrain
+from mastery.apps.assistant.monitoring import (
+    CALL_ATTRIBUTES,
+    GEN_AI_INPUT_TOKENS,
+    GEN_AI_OUTPUT_TOKENS,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_TTFT,
+    PURPOSE,
+    ROOT_SPAN,
+    ROUTE,
+    SimulatedSpeed,
+    TimedChat,
+    TracedBrain,
+    TraceStore,
+    missing_attributes,
+    percentiles,
+    summarize,
+)
+from mastery.llm.fake import ScriptedChat
+from mastery.retrieval.types import Hit
+
+PASSAGE = "Libtasn1 is a library for Abstract Syntax Notation One (ASN.1) structures and DER encoding."
+
+
+class OneDocRetriever:
+    name = "one-doc"
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return [Hit("libtasn1.pdf:1", PASSAGE, 0.9, 1, {"source": "libtasn1.pdf", "page": 1, "similarity": 0.9})]
+
+
+def fake_llm(critic: str = '{"ok": true, "problem": ""}') -> ScriptedChat:
+    def respond(messages: list[dict[str, Any]], system: str) -> str:
+        system = system or next((m["content"] for m in messages if m.get("role") == "system"), "")
+        if "You route" in system:
+            question = messages[-1]["content"].lower()
+            return ('{"route": "direct", "reason": "small talk"}' if "hello" in question else
+                    '{"route": "kb", "reason": "in the documents"}')
+        if "You check an answer" in system:
+            return critic
+        if "helpful assistant" in system:
+            return "Hello! How can I help?"
+        return "Libtasn1 is a library for ASN.1 structures and DER encoding [1]."
+
+    return ScriptedChat(respond)
+
+
+def ask(brain: TracedBrain, text: str, session: str = "s1", owner: str = "alice") -> list[Event]:
+    return list(brain.answer(Question(text=text, session_id=session, owner=owner, extra={"request_id": "r1"})))
+
+
+@pytest.fixture
+def traced(tmp_path: Any) -> Any:
+    store = TraceStore(tmp_path / "traces.sqlite")
+    brain = TracedBrain(ResearchBrain(TimedChat(fake_llm(), SimulatedSpeed(100.0, 10.0, 0.1), model="fake-0.5b"),
+                                      OneDocRetriever()), store)
+    yield brain, store
+    brain.close()
+
+
+def test_one_trace_per_answer_with_a_span_per_llm_call(traced: Any) -> None:
+    brain, store = traced
+    kb_events = ask(brain, "What is libtasn1?")
+    direct_events = ask(brain, "hello there", session="s2")
+    spans = store.spans()
+    roots = [s for s in spans if s["name"] == ROOT_SPAN]
+    assert len(roots) == 2 and len({s["trace_id"] for s in spans}) == 2
+    for events in (kb_events, direct_events):
+        calls = next(e.data["calls"] for e in events if e.kind == "usage")
+        route = next(e.data["route"] for e in events if e.kind == "route")
+        trace = next(r["trace_id"] for r in roots if r["attributes"][ROUTE] == route)
+        children = [s for s in spans if s["trace_id"] == trace and s["parent_id"]]
+        assert [c["attributes"][PURPOSE] for c in children] == [c["purpose"] for c in calls]
+        for span, call in zip(children, calls, strict=True):
+            a = span["attributes"]
+            assert all(k in a for k in CALL_ATTRIBUTES)
+            assert a[GEN_AI_REQUEST_MODEL] == "fake-0.5b" and span["name"] == "chat fake-0.5b"
+            assert a[GEN_AI_INPUT_TOKENS] == call["prompt_tokens"] > 0
+            assert a[GEN_AI_OUTPUT_TOKENS] == call["completion_tokens"] > 0
+            assert a[ROUTE] == route
+            # the span lasts the call's measured latency, inside its answer's span
+            assert span["end_ns"] - span["start_ns"] == pytest.approx(call["latency_s"] * 1e9, abs=1e3)
+            assert span["parent_id"] == next(r["span_id"] for r in roots if r["trace_id"] == trace)
+        root = next(r for r in roots if r["trace_id"] == trace)
+        assert root["attributes"][GEN_AI_INPUT_TOKENS] == sum(c["prompt_tokens"] for c in calls)
+    kb_calls = [s for s in spans if s["parent_id"] and s["attributes"][ROUTE] == "kb"]
+    assert [s["attributes"][PURPOSE] for s in kb_calls] == ["route", "draft", "critic"]
+    draft = next(s for s in kb_calls if s["attributes"][PURPOSE] == "draft")
+    critic = next(s for s in kb_calls if s["attributes"][PURPOSE] == "critic")
+    assert draft["attributes"][GEN_AI_TTFT] > 0.1 and GEN_AI_TTFT not in critic["attributes"]  # not streamed
+    assert missing_attributes(store) == []
+
+
+def test_missing_attributes_finds_an_incomplete_trace(traced: Any) -> None:
+    brain, store = traced
+    ask(brain, "What is libtasn1?")
+    store.exporter._db.execute("UPDATE spans SET attributes = '{}' WHERE name LIKE 'chat %' AND "
+                               "attributes LIKE '%\"draft\"%'")
+    problems = missing_attributes(store)
+    assert len(problems) == 1 and GEN_AI_INPUT_TOKENS in problems[0]
+
+
+def test_a_failed_answer_is_still_traced(tmp_path: Any) -> None:
+    store = TraceStore(tmp_path / "t.sqlite")
+
+    class Broken:
+        def answer(self, question: Question) -> Any:
+            yield Event("route", {"route": "kb"})
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        list(TracedBrain(Broken(), store).answer(Question("q", "s", "o")))
+    (row,) = store.answers()
+    assert row["status"] == "ERROR" and row["route"] == "kb" and row["llm_calls"] == 0
+
+
+def test_percentiles_on_known_numbers() -> None:
+    assert percentiles([float(x) for x in range(1, 11)]) == {"p50": 5.5, "p95": 9.55, "n": 10}
+    assert percentiles([None, 3.0]) == {"p50": 3.0, "p95": 3.0, "n": 1}
+    assert percentiles([]) == {"p50": None, "p95": None, "n": 0}
+
+
+def test_summary_groups_by_route_and_model() -> None:
+    def row(route: str, model: str, latency: float, tokens: int) -> dict[str, Any]:
+        return {"route": route, "model": model, "latency_s": latency, "time_to_first_token_s": latency / 4,
+                "tokens": tokens, "input_tokens": tokens - 10, "output_tokens": 10, "llm_calls": 3,
+                "cost_usd": 0.001, "refused": False}
+
+    answers = [row("kb", "m1", x, 100 * x) for x in range(1, 21)] + [row("direct", "m2", 0.5, 40)]
+    s = summarize(answers, [{"model": "m1", "purpose": "draft", "latency_s": 2.0, "time_to_first_token_s": 0.5,
+                             "input_tokens": 300, "output_tokens": 30, "cost_usd": 0.0}])
+    assert s["overall"]["answers"] == 21
+    assert s["per_route"]["kb"]["latency_s"] == {"p50": 10.5, "p95": 19.05, "n": 20}
+    assert s["per_route"]["kb"]["tokens"]["p95"] == pytest.approx(1905.0)
+    assert s["per_route"]["kb"]["time_to_first_token_s"]["p50"] == pytest.approx(10.5 / 4)
+    assert s["per_model"]["m2"]["latency_s"]["p50"] == 0.5 and s["per_model"]["m2"]["answers"] == 1
+    assert s["per_route"]["kb"]["cost_usd"] == pytest.approx(0.02)
+    assert s["calls_per_model"]["m1"]["calls"] == 1 and s["calls_per_purpose"]["draft"]["input_tokens"]["p50"] == 300
