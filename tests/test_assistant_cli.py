@@ -150,3 +150,10 @@ def test_compose_runs_the_same_three_services():
     for service in (llm, api, ui):
         assert all(p.startswith("127.0.0.1:") for p in service["ports"]), "publish on this machine only"
     assert api["volumes"][0].split(":")[0] in compose["volumes"]  # the history outlives the container
+
+
+def test_up_refuses_before_starting_anything_without_a_key(tmp_path):
+    result = _mastery("assistant", "up", "--llm", "fake", "--no-ui", "--dir", str(tmp_path / "stack"),
+                      "--keys-file", str(tmp_path / "none.json"))
+    assert result.returncode == 2 and "no API key" in result.stderr
+    assert not (tmp_path / "stack").exists()  # no supervisor, no state

@@ -138,7 +138,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from mastery.apps.assistant.supervisor import AssistantStack, assistant_plan
     from mastery.ops.stack import up
+    from mastery.serving.auth import KeyStore
 
+    keys = KeyStore(args.keys_file) if args.keys_file else KeyStore.from_settings()
+    if not keys.active_owners():  # the API would refuse to start: say so before starting anything
+        raise MasteryError(f"no API key in {keys.path}: create one with 'mastery keys create --owner NAME"
+                           + (f" --keys-file {args.keys_file}'" if args.keys_file else "'"))
     spec = AssistantStack(llm=args.llm, llm_url=args.llm_url, model=args.model, host=args.host,
                           api_port=args.port, llm_port=args.llm_port, ui_port=args.ui_port,
                           collection=args.collection, keys_file=args.keys_file, assistant_dir=args.data_dir,
