@@ -210,9 +210,11 @@ def _ray_batches(path: Path, names: list[str], scorer: Scorer, batch_size: int, 
     from mastery.ops.ray_runtime import ray_session
 
     with ray_session(num_cpus=workers, address=address) as ray:
-        if not log.isEnabledFor(logging.DEBUG):  # Ray Data logs its execution plan and stats at INFO
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ctx = ray.data.DataContext.get_current()
+        ctx = ray.data.DataContext.get_current()  # imports ray.data, which sets up its loggers: then quiet them
+        if not log.isEnabledFor(logging.DEBUG):  # (mastery -v shows them)
+            # Ray Data logs its plan and stats at INFO, notes at WARNING, and a failed task at ERROR before
+            # raising it to us: that error is reported here, once, as one line.
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         ctx.execution_options.preserve_order = True  # rows come back in input order
         ctx.enable_progress_bars = False
         ds = ray.data.read_csv(str(path.resolve()), **_csv_options(names))
