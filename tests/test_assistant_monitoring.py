@@ -148,3 +148,51 @@ def test_summary_groups_by_route_and_model() -> None:
     assert s["per_model"]["m2"]["latency_s"]["p50"] == 0.5 and s["per_model"]["m2"]["answers"] == 1
     assert s["per_route"]["kb"]["cost_usd"] == pytest.approx(0.02)
     assert s["calls_per_model"]["m1"]["calls"] == 1 and s["calls_per_purpose"]["draft"]["input_tokens"]["p50"] == 300
+
+
+def test_monitoring_page_needs_a_key_and_shows_the_numbers(tmp_path: Any) -> None:
+    from mastery.apps.assistant.api import AssistantAPISettings, create_app
+    from mastery.retrieval.kb import KnowledgeBase
+    from mastery.serving.agent_client import api_client
+    from mastery.serving.auth import KeyStore
+    from mastery.serving.server import ServerThread
+    from tests.test_kb import HashEmbedder
+
+    keys = KeyStore(tmp_path / "keys.json")
+    token = keys.create("alice")[1]
+    brain = ResearchBrain(TimedChat(fake_llm(), SimulatedSpeed(100.0, 10.0, 0.1), model="fake-0.5b"),
+                          OneDocRetriever())
+    settings = AssistantAPISettings(brain=brain, kb=KnowledgeBase.open(tmp_path / "kb", HashEmbedder()),
+                                    collection="c", db_path=tmp_path / "sessions.db", uploads_dir=tmp_path / "up",
+                                    keys=keys)
+    app = create_app(settings)
+    server = ServerThread(app).start()
+    try:
+        with api_client(server.url, token, timeout=30.0) as client:
+            sid = client.post("/sessions", json={}).json()["id"]
+            reply = client.post(f"/sessions/{sid}/answer", json={"question": "What is libtasn1?"})
+            assert reply.status_code == 200, reply.text
+            assert httpx_get(server.url + "/monitoring").status_code == 401
+            assert httpx_get(server.url + "/monitoring", "wrong-key").status_code == 401
+            page = client.get("/monitoring")
+            data = client.get("/monitoring", params={"format": "json"}).json()
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        (trace,) = data["recent"]
+        tokens = trace["tokens"]
+        assert trace["route"] == "kb" and trace["llm_calls"] == 3 and tokens > 0
+        kb = data["summary"]["per_route"]["kb"]
+        assert kb["answers"] == 1 and kb["tokens"]["p50"] == tokens
+        assert data["summary"]["calls_per_model"]["fake-0.5b"]["calls"] == 3
+        # the page shows the same numbers: the kb row with its token p50 / p95, the model's calls
+        assert "<td>kb</td><td>1</td>" in page.text and f"{tokens} / {tokens}" in page.text
+        assert "<td>fake-0.5b</td><td>3</td>" in page.text
+        assert (tmp_path / "traces.sqlite").is_file()
+    finally:
+        server.stop()
+        app.state.close()
+
+
+def httpx_get(url: str, token: str | None = None) -> Any:
+    import httpx
+
+    return httpx.get(url, headers={"Authorization": f"Bearer {token}"} if token else {}, trust_env=False)

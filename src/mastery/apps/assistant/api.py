@@ -46,6 +46,7 @@ from typing import Annotated, Any
 
 from mastery.apps.assistant.events import Brain, Event, Question, event
 from mastery.apps.assistant.guards import Guards
+from mastery.apps.assistant.report_page import install_monitoring
 from mastery.apps.assistant.schemas import (
     AskRequest,
     DocumentList,
@@ -198,6 +199,7 @@ def create_app(settings: AssistantAPISettings) -> Any:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        raw_body_paths={UPLOAD_PATH: upload_limit + MULTIPART_SLACK})
     app.state.store, app.state.keys, app.state.settings = store, keys, settings
+    install_monitoring(app, settings, keys)  # every answer traced; GET /monitoring (report_page)
 
     def close() -> None:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "mastery-assistant"
 ROOT_SPAN = "assistant.answer"
+TRACES_FILE = "traces.sqlite"  # beside the API's sessions database (MASTERY_ASSISTANT_DIR)
 # OpenTelemetry GenAI semantic conventions (opentelemetry-semantic-conventions 0.66, gen_ai_attributes)
 GEN_AI_OPERATION = "gen_ai.operation.name"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
@@ -252,6 +253,15 @@ class TracedBrain:
 
     def __getattr__(self, name: str) -> Any:  # history(), settings, llm ... of the inner brain
         return getattr(self.inner, name)
+
+
+def default_traces_path(folder: str | Path | None = None) -> Path:
+    """Where the API keeps its traces: ``folder`` (as ``mastery assistant serve --dir``), else
+    MASTERY_ASSISTANT_DIR, else ``<cache>/assistant``."""
+    from mastery.core.settings import get_settings
+
+    s = get_settings()
+    return Path(folder or s.assistant_dir or s.cache / "assistant") / TRACES_FILE
 
 
 # -- aggregation -------------------------------------------------------------------------------------
