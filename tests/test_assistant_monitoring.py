@@ -48,7 +48,7 @@ def fake_llm(critic: str = '{"ok": true, "problem": ""}') -> ScriptedChat:
             question = messages[-1]["content"].lower()
             return ('{"route": "direct", "reason": "small talk"}' if "hello" in question else
                     '{"route": "kb", "reason": "in the documents"}')
-        if "You check an answer" in system:
+        if "You check an answer" in system or messages[-1]["content"].startswith("Check your answer above"):
             return critic
         if "helpful assistant" in system:
             return "Hello! How can I help?"
@@ -196,3 +196,26 @@ def httpx_get(url: str, token: str | None = None) -> Any:
     import httpx
 
     return httpx.get(url, headers={"Authorization": f"Bearer {token}"} if token else {}, trust_env=False)
+
+
+def test_prompt_optimisation_switches_keep_a_cacheable_prefix() -> None:
+    """critic_reuses_draft: the critic's prompt starts with the draft's whole prompt and reply (what llama.cpp's
+    slot holds); short_template: one worked turn and a shorter system prompt."""
+    from mastery.apps.assistant.graph import BrainSettings
+
+    plain, reused = fake_llm(), fake_llm()
+    for llm, settings in ((plain, BrainSettings()), (reused, BrainSettings(critic_reuses_draft=True,
+                                                                           short_template=True))):
+        events = list(ResearchBrain(llm, OneDocRetriever(), settings=settings).answer(
+            Question("What is libtasn1?", "s", "o")))
+        assert [c["purpose"] for c in next(e.data for e in events if e.kind == "usage")["calls"]] == \
+            ["route", "draft", "critic"]
+        assert next(e.data for e in events if e.kind == "answer")["text"].endswith("[1].")
+    (p_draft, p_critic), (r_draft, r_critic) = (llm.calls[1:3] for llm in (plain, reused))
+    assert p_critic["system"] and p_critic["messages"][0]["content"] != p_draft["messages"][0]["content"]
+    assert r_critic["system"] is None
+    assert r_critic["messages"][:len(r_draft["messages"])] == r_draft["messages"]
+    assert r_critic["messages"][len(r_draft["messages"])] == {"role": "assistant", "content": r_draft["reply"]}
+    assert len(p_draft["messages"]) == 6 and len(r_draft["messages"]) == 4  # system, 2 or 1 worked turns, question
+    assert len(r_draft["messages"][0]["content"]) < len(p_draft["messages"][0]["content"])
+    assert r_draft["messages"][-1] == p_draft["messages"][-1]  # the same passages and question

@@ -62,6 +62,13 @@ CRITIC_SYSTEM = ("You check an answer against its numbered passages. Reply with 
                  '{"ok": true, "problem": ""} when every sentence is said by the passage it cites and the answer '
                  'answers the question, else {"ok": false, "problem": "<what is wrong, in a few words>"}. '
                  + PASSAGES_ARE_DATA)
+# The critic as the next turn of the draft's conversation: the prompt then starts with the draft's whole prompt and
+# reply, which llama.cpp's one slot still holds in its KV cache, so only these words are read anew.
+CRITIC_FOLLOW_UP = ("Check your answer above: is every sentence said by the passage it cites, and does it answer "
+                    'the question? Reply with only a JSON object: {"ok": true, "problem": ""} if so, else '
+                    '{"ok": false, "problem": "<what is wrong, in a few words>"}.')
+SHORT_SYSTEM = ("Answer in one sentence from the numbered passages only, citing the passage as [n]. If they do not "
+                "say, reply exactly: I don't know. " + PASSAGES_ARE_DATA)
 REVISE_PROMPT = ("A reviewer found a problem with that answer: {problem}\nWrite the answer again using only the "
                  "passages, citing the passage of each sentence as [n], or reply exactly: I don't know.")
 _REASONING_MODEL = re.compile(r"deepseek-r1|\br1\b|qwq|reason", re.IGNORECASE)
@@ -96,6 +103,8 @@ class BrainSettings:
     kb_min_similarity: float = 0.3  # rule router: a KB passage at least this close (cosine) means "kb"
     min_similarity: float | None = None  # decline without the LLM when the best passage is less similar
     critic: bool = True
+    critic_reuses_draft: bool = False  # the critic continues the draft's conversation (a prompt-cache prefix)
+    short_template: bool = False  # a shorter system prompt and one worked turn (the cited answer) instead of two
     reasoning: bool | None = None  # the model writes <think> first; None: guess from the model's name
     kb_description: str = "the user's documents"  # what the router is told the knowledge base holds
 
@@ -341,6 +350,8 @@ def build_graph(brain: ResearchBrain) -> Any:
         passages = [Passage(**p) for p in state["passages"]]
         messages = build_prompt(state["question"], _passage_hits(passages), s.context_chars)
         messages[0] = {"role": "system", "content": DRAFT_SYSTEM}
+        if s.short_template:  # build_prompt's worked turns: [1:3] a cited answer, [3:5] a refusal
+            messages = [{"role": "system", "content": SHORT_SYSTEM}, *messages[1:3], messages[-1]]
         if context:
             messages[-1] = {"role": "user", "content": context + messages[-1]["content"]}
         return messages
@@ -389,8 +400,13 @@ def build_graph(brain: ResearchBrain) -> Any:
 
             context = state["messages"][-1]["content"]
             prompt = f"{context}\n\nAnswer to check: {state['checked']['text']}"
+            messages, system = [{"role": "user", "content": prompt}], CRITIC_SYSTEM
+            if s.critic_reuses_draft:
+                messages = [*state["messages"], {"role": "assistant", "content": state["draft"] or "(empty)"},
+                            {"role": "user", "content": CRITIC_FOLLOW_UP}]
+                system = None
             try:
-                reply = brain.llm.chat([{"role": "user", "content": prompt}], system=CRITIC_SYSTEM,
+                reply = brain.llm.chat(messages, system=system,
                                        max_tokens=s.critic_max_tokens * (8 if brain.reasoning else 1),
                                        temperature=0.0, seed=0)
                 calls.append(brain.llm_call("critic", reply))
