@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     assistant_web: Literal["none", "searxng", "duckduckgo"] = Field(
         default="none", description="the assistant's web search backend: none (offline), searxng or duckduckgo")
     searxng_url: str | None = Field(default=None, description="SearXNG base URL for MASTERY_ASSISTANT_WEB=searxng")
+    assistant_ui_key: SecretStr | None = Field(default=None, description="API key token the assistant UI signs in "
+                                               "with, for local use (unset: the UI asks for one)")
 
     @classmethod
     def settings_customise_sources(
