@@ -8,8 +8,9 @@ import types
 
 import pytest
 
-from mastery.agents.crew.llm import OFFLINE_ENV, crewai_offline, private_folder
+from mastery.agents.crew.llm import OFFLINE_ENV, crewai_offline
 from mastery.core.errors import ConfigError
+from mastery.core.paths import private_folder
 
 
 def _mode(path) -> int:

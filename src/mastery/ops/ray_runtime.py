@@ -62,7 +62,7 @@ def ray_temp_dir() -> Path:
     Ray gets the ``ray`` folder inside it: Ray makes its temporary folder world-writable (mode 777, for
     clusters shared by several users), and the private parent keeps everyone else out all the same.
     """
-    from mastery.agents.crew.llm import private_folder
+    from mastery.core.paths import private_folder
 
     return private_folder(Path(tempfile.gettempdir()) / f"mastery-ray-{os.getuid()}")
 
