@@ -6,28 +6,18 @@ from events, without a browser."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
-import subprocess
-import sys
 
 import pytest
 
 from mastery.apps.assistant.ui_client import TurnView, citation_label
 from mastery.ops.stack import alive, read_state
-from mastery.serving.auth import KeyStore
-from mastery.serving.server import free_port
 from tests.conftest import needs_mirror
 
 PAGES = ("Kiwi fruit grow on vines in New Zealand orchards, trained along wires.",
          "Apples keep for months in a cold store at one degree Celsius.")
 QUESTION = "Where do kiwi fruit grow?"
-
-
-def _mastery(*args, env=None, timeout=240):
-    return subprocess.run([sys.executable, "-m", "mastery.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def _png_size(path):
@@ -39,23 +29,16 @@ def _png_size(path):
 @needs_mirror  # the API's knowledge base embeds the upload with MiniLM from the registry
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium ('make system')")
 def test_a_question_in_the_browser_streams_a_cited_answer_whose_passage_and_steps_open(tmp_path):
-    from mastery.apps.assistant.ui_browser import AssistantUI, browser_page
+    from mastery.apps.assistant.ui_browser import AssistantUI, browser_page, local_assistant
     from mastery.retrieval.documents import write_text_pdf
 
-    token = KeyStore(tmp_path / "keys.json").create("alice")[1]
-    env = {"MASTERY_API_KEYS_FILE": str(tmp_path / "keys.json"), "MASTERY_KB_DIR": str(tmp_path / "kb")}
-    state_dir, shots = tmp_path / "stack", tmp_path / "shots"
-    ports = [free_port() for _ in range(3)]
-    up = _mastery("assistant", "up", "--llm", "fake", "--dir", str(state_dir), "--port", str(ports[0]),
-                  "--llm-port", str(ports[1]), "--ui-port", str(ports[2]), "--data-dir", str(tmp_path / "data"),
-                  "--timeout", "120", env=env)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert list(read_state(state_dir)["services"]) == ["llm", "api", "ui"]
+    shots = tmp_path / "shots"
+    with local_assistant(tmp_path / "assistant", llm="fake", timeout_s=120) as stack:
+        assert stack.services == ("llm", "api", "ui")
         pdf = write_text_pdf(tmp_path / "kiwis.pdf", PAGES)
         with browser_page() as page:
-            ui = AssistantUI(page, f"http://127.0.0.1:{ports[2]}", timeout_s=90)
-            ui.sign_in(token)
+            ui = AssistantUI(page, stack.ui_url, timeout_s=90)
+            ui.sign_in(stack.token)
             assert ui.upload(pdf) == "kiwis.pdf: added, 2 chunk(s) added"
 
             asked = ui.ask(QUESTION)
@@ -81,12 +64,12 @@ def test_a_question_in_the_browser_streams_a_cited_answer_whose_passage_and_step
                 assert step in steps, steps
             ui.screenshot(shots / "steps.png")
 
-            # the session is in the sidebar's history, named by its question
-            assert page.get_by_role("button", name=f"{QUESTION} (1)").count() == 1
-    finally:
-        down = _mastery("assistant", "down", "--dir", str(state_dir), env=env)
-    assert down.returncode == 0 and "no process left" in down.stdout, down.stdout + down.stderr
-    final = read_state(state_dir)
+            # the session is in the sidebar's history, named by its question: back to it from a new one
+            assert ui.open_session(QUESTION, 1) == 1
+            assert page.get_by_text(asked.answer).count() == 1
+    assert stack.down_code == 0 and "no process left" in stack.down_output, stack.down_output
+    final = read_state(stack.state_dir)
+    assert final["status"] == "stopped"
     assert [name for name, s in final["services"].items() if alive(s["pid"], s["ticks"])] == []
     for name in ("answer", "citation", "steps"):
         assert _png_size(shots / f"{name}.png") == (1200, 800)

@@ -25,7 +25,7 @@ import re
 import sys
 from typing import Any
 
-from mastery.apps.assistant.ui_client import APIError, AssistantClient, TurnView, citation_label
+from mastery.apps.assistant.ui_client import APIError, AssistantClient, TurnView, citation_label, session_label
 
 DEFAULT_API_URL = "http://127.0.0.1:8020"
 UPLOAD_TYPES = ("pdf", "md", "markdown", "txt", "text", "rst", "html", "htm")  # what the knowledge base reads
@@ -122,9 +122,8 @@ def _sidebar(st: Any, client: AssistantClient) -> str | None:
         side.caption("No sessions yet: ask a question to start one.")
     for s in sessions:
         current = s["id"] == state.get("session_id")
-        label = f"{s['title'][:48]} ({s['turns']})"
-        if side.button(label, key=f"session-{s['id']}", type="primary" if current else "secondary",
-                       width="stretch", icon=":material/chat:"):
+        if side.button(session_label(s["title"], s["turns"]), key=f"session-{s['id']}",
+                       type="primary" if current else "secondary", width="stretch", icon=":material/chat:"):
             state.session_id = s["id"]
             st.rerun()
 

@@ -2,9 +2,9 @@
 
 What a user does, as steps the browser test and the L31 lab share::
 
-    with browser_page() as page:
-        ui = AssistantUI(page, "http://127.0.0.1:8501")
-        ui.sign_in(token)
+    with local_assistant(folder, llm="fake") as stack, browser_page() as page:   # mastery assistant up ... down
+        ui = AssistantUI(page, stack.ui_url)
+        ui.sign_in(stack.token)
         ui.upload(Path("kiwis.pdf"))                    # "kiwis.pdf: added, 2 chunk(s) added"
         asked = ui.ask("Where do kiwis grow?")          # seconds to the first streamed token, to the whole answer
         ui.open_citation(1)                             # the passage: file, page, text
@@ -26,12 +26,64 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mastery.apps.assistant.ui_client import session_label
 from mastery.core.errors import MasteryError
 
 VIEWPORT = (1200, 800)  # screenshots for the docs page
 # the live answer's container (ui.LIVE_KEY) has text: the first token has been drawn
 _FIRST_TOKEN_JS = ("() => { const e = document.querySelector('.st-key-live-answer');"
                    " return !!e && e.innerText.trim().length > 0 }")
+
+
+@dataclass
+class LocalAssistant:
+    """A stack started by ``mastery assistant up`` in a private folder: its UI, its API and a key for it."""
+
+    ui_url: str
+    api_url: str
+    token: str
+    state_dir: Path
+    services: tuple[str, ...]
+    up_seconds: float
+    down_output: str = ""  # what ``mastery assistant down`` printed, once it ran
+    down_code: int | None = None
+
+
+@contextlib.contextmanager
+def local_assistant(folder: Path, llm: str = "fake", model: str | None = None,
+                    timeout_s: float = 180.0) -> Iterator[LocalAssistant]:
+    """``mastery assistant up`` (LLM, API, UI on free 127.0.0.1 ports) with its own key file, knowledge base and
+    history under ``folder``, as a user runs it; ``mastery assistant down`` on exit, whatever happened."""
+    import subprocess
+    import sys
+
+    from mastery.ops.stack import read_state
+    from mastery.serving.auth import KeyStore
+    from mastery.serving.server import free_port
+
+    folder.mkdir(parents=True, exist_ok=True)
+    token = KeyStore(folder / "api-keys.json").create("ui")[1]
+    env = {**os.environ, "MASTERY_API_KEYS_FILE": str(folder / "api-keys.json"), "MASTERY_KB_DIR": str(folder / "kb")}
+    state_dir = folder / "stack"
+    api, llm_port, ui = free_port(), free_port(), free_port()
+
+    def mastery(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mastery.cli", "assistant", *args], capture_output=True,
+                              text=True, timeout=timeout_s + 60, env=env)
+
+    start = time.perf_counter()
+    up = mastery("up", "--llm", llm, *(("--model", model) if model else ()), "--dir", str(state_dir), "--port",
+                 str(api), "--llm-port", str(llm_port), "--ui-port", str(ui), "--data-dir", str(folder / "data"),
+                 "--timeout", str(timeout_s))
+    stack = LocalAssistant(f"http://127.0.0.1:{ui}", f"http://127.0.0.1:{api}", token, state_dir,
+                           tuple((read_state(state_dir) or {}).get("services", {})), time.perf_counter() - start)
+    try:
+        if up.returncode != 0:
+            raise MasteryError(f"'mastery assistant up' failed: {(up.stderr or up.stdout).strip()[-500:]}")
+        yield stack
+    finally:
+        down = mastery("down", "--dir", str(state_dir))
+        stack.down_output, stack.down_code = down.stdout + down.stderr, down.returncode
 
 
 def chromium_path() -> str:
@@ -132,6 +184,17 @@ class AssistantUI:
         details = self._visible(expander.get_by_test_id("stExpanderDetails"))
         self._visible(details.get_by_text("decided by"))
         return str(details.inner_text())
+
+    def open_session(self, title: str, turns: int) -> int:
+        """Start a new session, then pick the one named ``title`` with ``turns`` questions in the sidebar's
+        history; the number of answers the page shows for it."""
+        from playwright.sync_api import expect
+
+        self.page.get_by_role("button", name="New session").click()
+        expect(self.page.get_by_test_id("stChatMessage")).to_have_count(0, timeout=self.timeout_ms)
+        self.page.get_by_role("button", name=session_label(title, turns), exact=True).click()
+        expect(self.page.get_by_text("Steps · route")).to_have_count(turns, timeout=self.timeout_ms)
+        return int(self.page.get_by_text("Steps · route").count())
 
     def screenshot(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -203,3 +203,8 @@ def citation_label(passage: dict[str, Any]) -> str:
         source = urlparse(source).netloc or source
     page = passage.get("page")
     return f"[{passage.get('n')}] {source}" + (f" · p. {page}" if page else "")
+
+
+def session_label(title: str, turns: int) -> str:
+    """How the sidebar names a session: its title (its first question, by default) and how many questions."""
+    return f"{title[:48]} ({turns})"
