@@ -219,3 +219,37 @@ def test_prompt_optimisation_switches_keep_a_cacheable_prefix() -> None:
     assert len(p_draft["messages"]) == 6 and len(r_draft["messages"]) == 4  # system, 2 or 1 worked turns, question
     assert len(r_draft["messages"][0]["content"]) < len(p_draft["messages"][0]["content"])
     assert r_draft["messages"][-1] == p_draft["messages"][-1]  # the same passages and question
+
+
+def test_prompt_opt_measures_each_variant_against_the_baseline() -> None:
+    from mastery.apps.assistant.prompt_opt import measure, ratio_table, sample_questions
+    from mastery.eval.assistant_tasks import EvalQuestion
+
+    sent: list[Any] = []
+
+    class Recording(TimedChat):
+        def chat(self, messages: Any, **kwargs: Any) -> Any:
+            sent.append(kwargs.get("extra_body"))
+            return super().chat(messages, **kwargs)
+
+        def stream(self, messages: Any, **kwargs: Any) -> Any:
+            sent.append(kwargs.get("extra_body"))
+            return super().stream(messages, **kwargs)
+
+    questions = [EvalQuestion("t-1", "What is libtasn1?", "libtasn1.pdf", (1,), key_facts=(("DER",),)),
+                 EvalQuestion("t-2", "Which encoding does libtasn1 use?", "libtasn1.pdf", (1,),
+                              key_facts=(("BER",),))]
+    result = measure(Recording(fake_llm(), model="fake"), OneDocRetriever(), questions, ["baseline", "all"])
+    base, best = result["variants"]["baseline"], result["variants"]["all"]
+    assert [r["id"] for r in base["answers"]] == ["t-1", "t-2"] and len(best["answers"]) == 2
+    assert base["key_facts_correct"] == best["key_facts_correct"] == 1  # DER is in the answer, BER is not
+    # the draft reads fewer tokens (one worked turn, a shorter system prompt); the critic more: it carries the
+    # draft's conversation, which the server's cache holds
+    draft_tokens = [v["summary"]["calls_per_purpose"]["draft"]["input_tokens"]["p50"] for v in (base, best)]
+    critic_tokens = [v["summary"]["calls_per_purpose"]["critic"]["input_tokens"]["p50"] for v in (base, best)]
+    assert draft_tokens[1] < draft_tokens[0] and critic_tokens[1] > critic_tokens[0]
+    assert {str(b) for b in sent} == {"{'cache_prompt': False}", "{'cache_prompt': True}"}
+    assert sent.count({"cache_prompt": False}) == sent.count({"cache_prompt": True}) == 6  # 3 calls x 2 questions
+    assert base["ratios"]["latency_p50"] == 1.0 and best["ratios"]["latency_p50"] is not None
+    assert [row["variant"] for row in ratio_table(result)] == ["baseline", "all"]
+    assert len(sample_questions(6)) == 6 and sum(not q.answerable for q in sample_questions(6)) == 1
