@@ -47,6 +47,7 @@ class LocalAssistant:
     up_seconds: float
     down_output: str = ""  # what ``mastery assistant down`` printed, once it ran
     down_code: int | None = None
+    down_seconds: float = 0.0
 
 
 @contextlib.contextmanager
@@ -82,8 +83,10 @@ def local_assistant(folder: Path, llm: str = "fake", model: str | None = None,
             raise MasteryError(f"'mastery assistant up' failed: {(up.stderr or up.stdout).strip()[-500:]}")
         yield stack
     finally:
+        start = time.perf_counter()
         down = mastery("down", "--dir", str(state_dir))
         stack.down_output, stack.down_code = down.stdout + down.stderr, down.returncode
+        stack.down_seconds = time.perf_counter() - start
 
 
 def chromium_path() -> str:
