@@ -253,3 +253,20 @@ def test_prompt_opt_measures_each_variant_against_the_baseline() -> None:
     assert base["ratios"]["latency_p50"] == 1.0 and best["ratios"]["latency_p50"] is not None
     assert [row["variant"] for row in ratio_table(result)] == ["baseline", "all"]
     assert len(sample_questions(6)) == 6 and sum(not q.answerable for q in sample_questions(6)) == 1
+
+
+def test_simulated_clock_times_answers_by_their_llm_calls(tmp_path: Any) -> None:
+    from mastery.apps.assistant.monitoring import SimulatedClock
+
+    clock = SimulatedClock()
+    llm = TimedChat(fake_llm(), SimulatedSpeed(100.0, 10.0, 0.1), model="fake", clock=clock)
+    store = TraceStore(tmp_path / "t.sqlite")
+    ask(TracedBrain(ResearchBrain(llm, OneDocRetriever()), store, clock), "What is libtasn1?")
+    (answer,) = store.answers()
+    calls = store.calls()
+    assert [c["purpose"] for c in calls] == ["route", "draft", "critic"]
+    # nothing but the LLM takes simulated time: the answer lasts exactly its calls. (Its first token is stamped
+    # when the event reaches the tracer, and LangGraph's node thread may have moved the clock on by then.)
+    assert answer["latency_s"] == pytest.approx(sum(c["latency_s"] for c in calls), abs=1e-6)
+    earliest = calls[0]["latency_s"] + calls[1]["time_to_first_token_s"]
+    assert earliest - 1e-6 <= answer["time_to_first_token_s"] <= calls[0]["latency_s"] + calls[1]["latency_s"] + 1e-6

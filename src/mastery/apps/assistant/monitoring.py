@@ -25,7 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -225,22 +225,22 @@ class TraceStore:
 class TracedBrain:
     """Any :class:`~.events.Brain`, its answers recorded as traces; everything else passes to the inner brain."""
 
-    def __init__(self, brain: Brain, store: TraceStore) -> None:
-        self.inner, self.traces = brain, store
+    def __init__(self, brain: Brain, store: TraceStore, clock: Callable[[], int] = time.time_ns) -> None:
+        self.inner, self.traces, self.clock = brain, store, clock  # clock: ns since the epoch
 
     def answer(self, question: Question) -> Iterator[Event]:
-        start_ns = time.time_ns()
+        start_ns = self.clock()
         timed: list[tuple[int, Event]] = []
         try:
             for ev in self.inner.answer(question):
-                timed.append((time.time_ns(), ev))
+                timed.append((self.clock(), ev))
                 yield ev
         except Exception as exc:
-            timed.append((time.time_ns(), event("error", message=f"{type(exc).__name__}: {exc}")))
+            timed.append((self.clock(), event("error", message=f"{type(exc).__name__}: {exc}")))
             raise
         finally:
             try:
-                self.traces.record(question, timed, start_ns, time.time_ns())
+                self.traces.record(question, timed, start_ns, self.clock())
             except Exception:  # monitoring must never break an answer
                 log.exception("event=trace_record_failed")
 
@@ -348,12 +348,35 @@ class SimulatedSpeed:
     overhead_s: float = 0.05
 
 
-class TimedChat:
-    """A ChatModel wrapper that stamps each completion with :class:`SimulatedSpeed` timings (no sleeping)."""
+class SimulatedClock:
+    """A clock (ns since the epoch) that only moves when told: :class:`TimedChat` moves it by each call's
+    simulated latency, so a :class:`TracedBrain` reading it sees answers take the simulated time."""
 
-    def __init__(self, llm: Any, speed: SimulatedSpeed | None = None, model: str | None = None) -> None:
-        self.llm, self.speed = llm, speed or SimulatedSpeed()
+    def __init__(self, start_ns: int = 1_700_000_000 * 10**9) -> None:
+        self.now_ns = start_ns
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now_ns += round(seconds * 1e9)
+
+
+class TimedChat:
+    """A ChatModel wrapper that stamps each completion with :class:`SimulatedSpeed` timings (no sleeping), and
+    moves ``clock`` (a :class:`SimulatedClock`, optional) by them: the first piece of a stream after the time to
+    first token, the rest at its end."""
+
+    def __init__(self, llm: Any, speed: SimulatedSpeed | None = None, model: str | None = None,
+                 clock: SimulatedClock | None = None) -> None:
+        self.llm, self.speed, self.clock = llm, speed or SimulatedSpeed(), clock
         self.model = model or getattr(llm, "model", "")
+
+    def _advance(self, seconds: float) -> None:
+        if self.clock is not None:
+            self.clock.advance(seconds)
 
     def _timed(self, completion: Any, stream: bool) -> Any:
         s = self.speed
@@ -363,17 +386,36 @@ class TimedChat:
                        time_to_first_token_s=round(first, 6) if stream else None)
 
     def chat(self, messages: Any, **kwargs: Any) -> Any:
-        return self._timed(self.llm.chat(messages, **kwargs), stream=False)
+        completion = self._timed(self.llm.chat(messages, **kwargs), stream=False)
+        self._advance(completion.latency_s)
+        return completion
 
     def stream(self, messages: Any, **kwargs: Any) -> Any:
+        # a fake has its whole reply at once: drain it first, then hand the pieces out on the simulated clock
         inner = self.llm.stream(messages, **kwargs)
+        pieces = list(inner)
+        completion = self._timed(inner.read(), stream=True)
         outer = self
 
         class _Stream:
+            def __init__(self) -> None:
+                self.sent: int | None = None  # pieces handed out so far (None: not started)
+                self.finished = False
+
             def __iter__(self) -> Iterator[str]:
-                return iter(inner)
+                if self.sent is None:
+                    self.sent = 0
+                    outer._advance(completion.time_to_first_token_s)
+                while self.sent < len(pieces):
+                    self.sent += 1
+                    yield pieces[self.sent - 1]
 
             def read(self) -> Any:
-                return outer._timed(inner.read(), stream=True)
+                for _ in self:
+                    pass
+                if not self.finished:  # read twice: the clock moves once
+                    self.finished = True
+                    outer._advance(completion.latency_s - completion.time_to_first_token_s)
+                return completion
 
         return _Stream()

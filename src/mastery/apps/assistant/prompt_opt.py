@@ -136,10 +136,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def measure(llm: Any, retriever: Any, questions: Sequence[Any], variants: Sequence[str] = tuple(VARIANTS), *,
-            brain_factory: Callable[..., Any] | None = None,
+            brain_factory: Callable[..., Any] | None = None, clock: Callable[[], int] = time.time_ns,
             progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Answer every question with every variant (interleaved); per variant the answers, the monitoring summary,
-    quality (key facts on answerable questions, refusals on the others) and the ratios to ``baseline``."""
+    quality (key facts on answerable questions, refusals on the others) and the ratios to ``baseline``.
+    ``clock``: what the traces time answers with (a :class:`~.monitoring.SimulatedClock` for a fake LLM)."""
     from mastery.apps.assistant.graph import BrainSettings, ResearchBrain
     from mastery.eval.assistant_tasks import key_facts_found, refused
 
@@ -154,7 +155,7 @@ def measure(llm: Any, retriever: Any, questions: Sequence[Any], variants: Sequen
         v = VARIANTS[name]
         chat = CacheControl(llm, v.cache_prompt)
         store = TraceStore(":memory:")
-        brain = TracedBrain(make(chat, retriever, settings=replace(BrainSettings(), **v.settings)), store)
+        brain = TracedBrain(make(chat, retriever, settings=replace(BrainSettings(), **v.settings)), store, clock)
         runs[name] = (chat, store, brain, [])
     for qi, q in enumerate(questions):
         for name in variants:
