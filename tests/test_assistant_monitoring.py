@@ -270,3 +270,24 @@ def test_simulated_clock_times_answers_by_their_llm_calls(tmp_path: Any) -> None
     assert answer["latency_s"] == pytest.approx(sum(c["latency_s"] for c in calls), abs=1e-6)
     earliest = calls[0]["latency_s"] + calls[1]["time_to_first_token_s"]
     assert earliest - 1e-6 <= answer["time_to_first_token_s"] <= calls[0]["latency_s"] + calls[1]["latency_s"] + 1e-6
+
+
+def test_monitor_command_prints_the_summary(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from mastery.cli import main
+
+    store = TraceStore(tmp_path / "traces.sqlite")
+    brain = TracedBrain(ResearchBrain(TimedChat(fake_llm(), SimulatedSpeed(100.0, 10.0, 0.1), model="fake-0.5b"),
+                                      OneDocRetriever()), store)
+    ask(brain, "What is libtasn1?")
+    ask(brain, "hello there", session="s2")
+    brain.close()
+    assert main(["assistant", "monitor", "--dir", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["per_route"]) == {"kb", "direct"} and summary["calls_per_model"]["fake-0.5b"]["calls"] == 5
+    assert main(["assistant", "monitor", "--dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "2 answers traced" in text and any(line.startswith("kb ") for line in text.splitlines())
+    assert main(["assistant", "monitor", "--dir", str(tmp_path / "nowhere")]) == 2
+    assert "no traces at" in capsys.readouterr().err

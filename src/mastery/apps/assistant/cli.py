@@ -183,6 +183,24 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import json
+
+    from mastery.apps.assistant.monitoring import TraceStore, default_traces_path, summarize
+    from mastery.apps.assistant.report_page import text_report
+
+    path = default_traces_path(args.dir)
+    if not path.is_file():
+        raise MasteryError(f"no traces at {path}: the API writes them as it answers ('mastery assistant serve')")
+    store = TraceStore(path)
+    try:
+        summary = summarize(store.answers(), store.calls())
+    finally:
+        store.close()
+    _out(json.dumps(summary, indent=2) if args.json else text_report(summary).rstrip())
+    return 0
+
+
 def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     assistant = subparsers.add_parser("assistant", help="the Research Assistant: serve its API, or bring up the "
                                                        "LLM, API and UI together")
@@ -244,6 +262,13 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
     p.add_argument("--api-url", default=f"http://127.0.0.1:{DEFAULT_API_PORT}",
                    help="the assistant API (default %(default)s)")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("monitor", help="p50/p95 latency, first token, tokens and cost per answer, per route and "
+                                       "model, from the API's traces (also GET /monitoring)")
+    p.add_argument("--dir", default=None, help="the API's --dir (default MASTERY_ASSISTANT_DIR, else "
+                                               "<cache>/assistant)")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("logs", help="the last lines of each service's log")
     p.add_argument("service", nargs="?", default=None, help="supervisor, llm, api or ui (default: all)")

@@ -299,6 +299,7 @@ def _call_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "time_to_first_token_s": percentiles([r.get("time_to_first_token_s") for r in rows]),
             "input_tokens": percentiles([r["input_tokens"] for r in rows]),
             "output_tokens": percentiles([r["output_tokens"] for r in rows]),
+            "tokens": percentiles([r["input_tokens"] + r["output_tokens"] for r in rows]),
             "cost_usd": round(sum(float(r.get("cost_usd") or 0.0) for r in rows), 8)}
 
 

@@ -117,3 +117,23 @@ def render_page(summary: dict[str, Any], recent: list[dict[str, Any]]) -> str:
              "th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}")
     return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Assistant monitoring</title>"
             f"<style>{style}</style></head><body>{body}</body></html>")
+
+
+def text_report(summary: dict[str, Any]) -> str:
+    """The same numbers as the page, as plain-text tables (``mastery assistant monitor``)."""
+
+    def table(title: str, groups: dict[str, dict[str, Any]], count: str) -> list[str]:
+        lines = [f"{title:<22} {count:>7}  {'latency s p50/p95':>18}  {'1st token s p50/p95':>20}  "
+                 f"{'tokens p50/p95':>15}  {'cost USD':>10}"]
+        for name, g in groups.items():
+            lines.append(f"{name[:22]:<22} {g[count]:>7}  {_pair(g['latency_s']):>18}  "
+                         f"{_pair(g['time_to_first_token_s']):>20}  {_pair(g['tokens'], 0):>15}  "
+                         f"{g['cost_usd']:>10.6f}")
+        return [*lines, ""]
+
+    out = [f"{summary['overall']['answers']} answers traced", ""]
+    out += table("per route", summary["per_route"], "answers")
+    out += table("per model", summary["per_model"], "answers")
+    out += table("LLM calls per model", summary["calls_per_model"], "calls")
+    out += table("LLM calls per purpose", summary["calls_per_purpose"], "calls")
+    return "\n".join(out).rstrip() + "\n"
