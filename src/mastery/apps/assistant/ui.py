@@ -33,7 +33,8 @@ ROUTES = {"auto": None, "documents": "kb", "web": "web", "direct": "direct"}
 ASK_PLACEHOLDER = "Ask about your documents"
 LIVE_KEY = "live-answer"  # the streamed answer's container: CSS class st-key-live-answer (the browser test waits on it)
 CURSOR = " ▌"
-LONG_PAGE_CHARS = 600  # a longer page scrolls inside the opened citation
+LONG_TEXT_CHARS = 400  # a longer passage or page scrolls inside the opened citation, PASSAGE_HEIGHT pixels high
+PASSAGE_HEIGHT = 200
 _HEADING = re.compile(r"^#{1,4} ", re.MULTILINE)
 
 
@@ -241,7 +242,9 @@ def _passage(st: Any, client: AssistantClient, passage: dict[str, Any]) -> None:
     st.markdown(f"**{source}** · {where}")
     st.caption(f"passage [{passage.get('n')}]" + (f", retrieval score {passage['score']:.3f}"
                                                    if passage.get("score") is not None else ""))
-    st.text(passage.get("text", ""))
+    text = str(passage.get("text", ""))
+    with st.container(height=PASSAGE_HEIGHT if len(text) > LONG_TEXT_CHARS else "content", border=False):
+        st.text(text)
     if page is None:
         return
     pages = st.session_state.setdefault("pages", {})
@@ -254,7 +257,7 @@ def _passage(st: Any, client: AssistantClient, passage: dict[str, Any]) -> None:
     whole = pages[(source, page)]
     if whole:
         st.markdown(f"**The whole {'page ' + str(page) if page else 'document'}**")
-        with st.container(height=280 if len(whole) > LONG_PAGE_CHARS else "content", border=True):
+        with st.container(height=PASSAGE_HEIGHT if len(whole) > LONG_TEXT_CHARS else "content", border=True):
             st.text(whole)
 
 
