@@ -38,6 +38,8 @@ def test_a_question_in_the_browser_streams_a_cited_answer_whose_passage_and_step
         pdf = write_text_pdf(tmp_path / "kiwis.pdf", PAGES)
         with browser_page() as page:
             ui = AssistantUI(page, stack.ui_url, timeout_s=90)
+            assert ui.refused_sign_in("mst_not-a-key") == "That key was refused: invalid or revoked API key"
+            assert page.get_by_role("button", name="New session").count() == 0  # nothing shown without a key
             ui.sign_in(stack.token)
             assert ui.upload(pdf) == "kiwis.pdf: added, 2 chunk(s) added"
 
@@ -73,6 +75,15 @@ def test_a_question_in_the_browser_streams_a_cited_answer_whose_passage_and_step
     assert [name for name, s in final["services"].items() if alive(s["pid"], s["ticks"])] == []
     for name in ("answer", "citation", "steps"):
         assert _png_size(shots / f"{name}.png") == (1200, 800)
+
+
+def test_importing_the_ui_runs_nothing_and_answers_keep_their_headings_small():
+    from mastery.apps.assistant import ui
+
+    assert ui.parse_args(["--api-url", "http://127.0.0.1:9"]).api_url == "http://127.0.0.1:9"
+    assert ui.parse_args([]).api_url == ui.DEFAULT_API_URL
+    assert ui.answer_markdown("# Kiwis\nThey grow [1].\n## Storage") == "##### Kiwis\nThey grow [1].\n##### Storage"
+    assert ui.answer_markdown("C# is a language [2].") == "C# is a language [2]."
 
 
 def test_a_turn_is_rebuilt_from_its_events_and_a_revision_replaces_the_draft():

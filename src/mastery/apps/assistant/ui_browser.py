@@ -134,10 +134,18 @@ class AssistantUI:
         return locator
 
     def sign_in(self, token: str) -> None:
+        self._submit_key(token)
+        self._visible(self.page.get_by_role("button", name="New session"))
+
+    def refused_sign_in(self, token: str) -> str:
+        """Sign in with a key the API refuses; the error the page shows."""
+        self._submit_key(token)
+        return str(self._visible(self.page.get_by_text("That key was refused")).inner_text())
+
+    def _submit_key(self, token: str) -> None:
         self.page.goto(self.url)
         self._visible(self.page.get_by_label("API key", exact=True)).fill(token)
         self.page.get_by_role("button", name="Sign in").click()
-        self._visible(self.page.get_by_role("button", name="New session"))
 
     def upload(self, path: Path) -> str:
         """Add ``path`` to the knowledge base from the sidebar; the confirmation shown."""
