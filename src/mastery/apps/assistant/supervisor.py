@@ -106,7 +106,8 @@ def assistant_plan(spec: AssistantStack, state_dir: Path) -> Any:
 
 
 # -- the fake LLM ------------------------------------------------------------------------------------
-_FIRST_PASSAGE = re.compile(r"\[1\] \([^)]*\) (.+?)(?:\n\n\[\d+\] |\n\nQuestion:|$)", re.DOTALL)
+# Every "[n] (source) text" block; the prompt lists the best-ranked passage last (see llm.rag.build_prompt).
+_PASSAGE = re.compile(r"\[(\d+)\] \([^)]*\) (.+?)(?=\n\n\[\d+\] |\n\nQuestion:|$)", re.DOTALL)
 _SENTENCE = re.compile(r"(.+?[.!?])(?:\s|$)", re.DOTALL)
 
 
@@ -120,13 +121,15 @@ def fake_responder(messages: list[dict[str, Any]], system: str) -> str:
     last = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
     if "Context:" not in last:
         return "Hello! This is the scripted assistant model."
-    found = _FIRST_PASSAGE.search(last)
-    if found is None:
+    context = last.split("Context:", 1)[1]
+    found = _PASSAGE.findall(context)
+    if not found:
         return "I don't know."
-    passage = " ".join(found.group(1).split())
+    number, passage = found[-1]  # the best-ranked passage, as a good model would cite it
+    passage = " ".join(passage.split())
     sentence = _SENTENCE.match(passage)
     text = (sentence.group(1) if sentence else passage).rstrip(".!? ")
-    return f"{text} [1]."
+    return f"{text} [{number}]."
 
 
 def fake_llm_app() -> Any:
