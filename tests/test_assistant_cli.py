@@ -111,8 +111,8 @@ def test_the_fake_llm_answers_the_router_the_draft_and_the_critic():
     hits = [Hit(id="a", text="Kiwis grow in New Zealand. They are green.", score=1.0, rank=1,
                 metadata={"source": "kiwis.md", "page": 0}),
             Hit(id="b", text="Apples grow in Kent.", score=0.5, rank=2, metadata={"source": "apples.md", "page": 0})]
-    messages = build_prompt("Where do kiwis grow?", hits)
-    assert fake_responder(messages[1:], messages[0]["content"]) == "Kiwis grow in New Zealand [1]."
+    messages = build_prompt("Where do kiwis grow?", hits[::-1])  # as the brain lists them: the best-ranked last
+    assert fake_responder(messages[1:], messages[0]["content"]) == "Kiwis grow in New Zealand [2]."
     empty = build_prompt("Where do kiwis grow?", [])
     assert fake_responder(empty[1:], empty[0]["content"]) == "I don't know."
     assert json.loads(fake_responder([{"role": "user", "content": "x"}], "You check an answer ..."))["ok"] is True

@@ -153,9 +153,9 @@ def default_settings(llm_url: str, model: str, *, collection: str = DEFAULT_COLL
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    what = {400: "a bad upload name, or a question the input guard refused", 404: "no session of yours has this id",
+    what = {400: "an unreadable body, a bad upload name, or a question the input guard refused", 404: "no session of yours has this id",
             411: "no Content-Length header", 413: "body or file larger than the limit (named in `error`)",
-            415: "unsupported file type", 422: "a field breaks the schema (`error` and `detail` name it), or an "
+            415: "unsupported file type, or a body that is not JSON", 422: "a field breaks the schema (`error` and `detail` name it), or an "
                                                "unreadable file",
             429: "too many answers in progress; retry after Retry-After seconds"}
     out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse, "description": what[c]} for c in codes}
@@ -279,7 +279,7 @@ def create_app(settings: AssistantAPISettings) -> Any:
     SessionId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="a session id from POST /sessions")]
 
     @app.post("/sessions", response_model=SessionView, status_code=201, summary="start a session",
-              responses=_responses(411, 413, 422))
+              responses=_responses(400, 411, 413, 415, 422))
     async def create_session(body: SessionCreate, owner: Owner) -> Any:
         sid = store.create_session(owner, body.title)
         found = store.session(owner, sid)
@@ -303,7 +303,7 @@ def create_app(settings: AssistantAPISettings) -> Any:
               responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                                "description": "`turn`, then the brain's events (route, step, passages, thought, "
                                               "token, answer, usage, or error), then `done`; `data` is JSON"},
-                         **_responses(400, 404, 411, 413, 422, 429)})
+                         **_responses(400, 404, 411, 413, 415, 422, 429)})
     async def ask(session_id: SessionId, body: AskRequest, request: Request, owner: Owner) -> Any:
         started = start(session_id, owner, body, request)
         if not isinstance(started, tuple):
@@ -323,7 +323,7 @@ def create_app(settings: AssistantAPISettings) -> Any:
 
     @app.post("/sessions/{session_id}/answer", response_model=TurnView,
               summary="answer a question and return the finished answer (no streaming)",
-              responses=_responses(400, 404, 411, 413, 422, 429))
+              responses=_responses(400, 404, 411, 413, 415, 422, 429))
     async def answer(session_id: SessionId, body: AskRequest, request: Request, owner: Owner) -> Any:
         started = start(session_id, owner, body, request)
         if not isinstance(started, tuple):
