@@ -11,8 +11,12 @@ character splitter) and after (the ingest's pypdfium2 text with the run-together
 at k = 3 and 5: a hit is a chunk of the gold file (``file``) or of one of its gold pages (``page``) in the top k.
 Both collections go into one temporary knowledge base (MiniLM on the CPU: a minute or two each).
 
+Part 3 (``--answers``): every evaluation question on the PDFs, and the unanswerable ones, through
+``mastery.llm.rag.ask`` (k = 3) with the configured LLM (default: the embedded 0.5B model), before and after:
+key facts in the answer, a cited passage from the gold source, declines.
+
 Prints the tables and one JSON object, also written to ``--json-out``.
-Usage: python benchmarks/pdf_extraction.py [--retrieval] [--json-out docs/results/pdf_extraction.json]
+Usage: python benchmarks/pdf_extraction.py [--retrieval [--answers]] [--json-out docs/results/pdf_extraction.json]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import platform
 import tempfile
 import time
@@ -114,21 +119,61 @@ def hit_rates(retriever: Any, questions: list[EvalQuestion], ks: tuple[int, ...]
     return {"per_document": per_doc, "misses": misses}
 
 
-def retrieval(paths: list[Path], chunk_size: int, chunk_overlap: int, ks: tuple[int, ...]) -> dict[str, Any]:
+def answers(llm: Any, retriever: Any, questions: list[EvalQuestion], k: int) -> dict[str, Any]:
+    """`mastery rag ask` on each question (hybrid, top k): key facts in the answer, a cited passage from the
+    gold source, and declines, per document ("none" = the unanswerable questions)."""
+    from mastery.eval.assistant_tasks import key_facts_found, source_correct
+    from mastery.llm.rag import ask
+
+    per_doc: dict[str, dict[str, Any]] = {}
+    rows = []
+    for q in questions:
+        start = time.perf_counter()
+        answer = ask(llm, retriever, q.question, k=k)
+        cited = [answer.hits[i - 1] for i in answer.cited]
+        row = per_doc.setdefault(q.document, {"questions": 0, "key_facts": 0, "cited_source": 0, "declined": 0})
+        row["questions"] += 1
+        correct = not answer.declined and key_facts_found(answer.text, q)
+        row["key_facts"] += correct
+        row["cited_source"] += source_correct(cited, q)
+        row["declined"] += answer.declined
+        rows.append({"id": q.id, "correct": correct, "declined": answer.declined, "cited": answer.citations,
+                     "answer": answer.text.strip()[:200], "seconds": round(time.perf_counter() - start, 1)})
+    for row in per_doc.values():
+        for key in ("key_facts", "cited_source", "declined"):
+            row[key] = round(row[key] / row["questions"], 3)
+    return {"per_document": per_doc, "answers": rows}
+
+
+def retrieval(paths: list[Path], chunk_size: int, chunk_overlap: int, ks: tuple[int, ...],
+              with_answers: bool = False) -> dict[str, Any]:
+    from contextlib import nullcontext
+
     from mastery.retrieval.kb import KnowledgeBase
 
     questions = [q for q in QUESTIONS if q.answerable and q.source != ATTACK_SOURCE]
     out: dict[str, Any] = {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "k": list(ks),
                            "questions": len(questions)}
-    with tempfile.TemporaryDirectory() as folder:
+    if with_answers:
+        from mastery.llm.client import open_client
+
+        client: Any = open_client()
+    else:
+        client = nullcontext()
+    with tempfile.TemporaryDirectory() as folder, client as llm:
         kb = KnowledgeBase.open(folder)
         for name, build in (("before", before_documents), ("after", after_documents)):
             docs = [d for p in paths for d in build(p, chunk_size, chunk_overlap)]
             start = time.perf_counter()
             kb.ingest_documents(docs, f"pdfs-{name}")
             seconds = time.perf_counter() - start
-            result = hit_rates(kb.retriever(f"pdfs-{name}", "hybrid"), questions, ks)
-            out[name] = {"chunks": len(docs), "ingest_seconds": round(seconds, 1), **result}
+            retriever = kb.retriever(f"pdfs-{name}", "hybrid")
+            out[name] = {"chunks": len(docs), "ingest_seconds": round(seconds, 1),
+                         **hit_rates(retriever, questions, ks)}
+            if llm is not None:
+                unanswerable = [q for q in QUESTIONS if not q.answerable]
+                out[name]["answers"] = answers(llm, retriever, questions + unanswerable, k=3)
+                out[name]["answers"]["model"] = getattr(llm, "model", "?")
     return out
 
 
@@ -143,10 +188,16 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--retrieval", action="store_true", help="also measure hybrid-retrieval hit rates")
+    parser.add_argument("--answers", action="store_true", help="with --retrieval: also answer every question with "
+                        "the configured LLM (`mastery rag ask`, default the 0.5B embedded model)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--chunk-overlap", type=int, default=DEFAULT_CHUNK_OVERLAP)
     parser.add_argument("--json-out", default="docs/results/pdf_extraction.json")
     args = parser.parse_args()
+    # The ingest's re-extraction notes and each answer's rag_answer event show the run's progress on stderr.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "chromadb", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     paths = load_kb_pdfs()
     rows = extraction_rows(paths)
@@ -154,10 +205,14 @@ def main() -> None:
     report: dict[str, Any] = {"schema": 1, "machine": platform.machine(), "python": platform.python_version(),
                               "pymupdf": "not measured: AGPL-3.0, not installed", "extraction": rows}
     if args.retrieval:
-        report["retrieval"] = retrieval(paths, args.chunk_size, args.chunk_overlap, (3, 5))
+        report["retrieval"] = retrieval(paths, args.chunk_size, args.chunk_overlap, (3, 5), args.answers)
         for name in ("before", "after"):
             print(f"\nretrieval {name}: {report['retrieval'][name]['chunks']} chunks")
             _print_table([{"document": d, **r} for d, r in report["retrieval"][name]["per_document"].items()])
+            if "answers" in report["retrieval"][name]:
+                print(f"answers {name} ({report['retrieval'][name]['answers']['model']}, k=3):")
+                _print_table([{"document": d, **r}
+                              for d, r in report["retrieval"][name]["answers"]["per_document"].items()])
     text = json.dumps(report, indent=2)
     print(text)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
