@@ -5,9 +5,9 @@ See mastery.apps.assistant.prompt_opt for what each change is and how it is meas
 
 The knowledge base: the registered PDFs as the ingest reads them, kept in <cache>/benchmarks/assistant-prompt-opt-kb
 (embedded once: a few minutes of MiniLM on the CPU the first time), searched as the assistant does (hybrid, with the
-re-ranker when one was measured). The LLM: the embedded llama.cpp server with --model (default the 0.5B; the record
-uses the 1.5B), started for the run, or --llm-url for one already running (it must be llama.cpp's server for the
-cache counts).
+re-ranker when one was measured). The LLM: one embedded llama.cpp server per variant with --model (default the 0.5B;
+the record uses the 1.5B), so no variant finds another's prompts in the cache; or --llm-url for one server already
+running (llama.cpp's, for the cache counts; shared by every variant, which flatters the cached ones).
 
 Prints one line per answer, the ratio table and the JSON, also written to --json-out.
 Usage: python benchmarks/assistant_prompt_opt.py [--questions 6] [--model qwen2.5-coder-1.5b-instruct-q4_k_m]
@@ -32,6 +32,7 @@ from mastery.apps.assistant.prompt_opt import (
     pdf_knowledge_base,
     ratio_table,
     sample_questions,
+    variant_servers,
 )
 from mastery.llm.settings import EMBEDDED_MODEL
 
@@ -58,7 +59,6 @@ def main() -> None:
     from mastery.apps.assistant.graph import open_kb_retriever
     from mastery.core.settings import get_settings
     from mastery.llm.client import LLMClient
-    from mastery.llm.server import EmbeddedServer
     from mastery.llm.settings import load_settings
 
     questions = sample_questions(args.questions)
@@ -69,15 +69,15 @@ def main() -> None:
     retriever = open_kb_retriever(kb, "docs")
     kb_s = time.perf_counter() - start
     threads = args.threads or get_settings().threads
+    variants = args.variants.split(",")
     with contextlib.ExitStack() as stack:
         if args.llm_url:
-            url, model = args.llm_url, args.model
+            llm: Any = LLMClient(load_settings(backend="openai", base_url=args.llm_url, model=args.model,
+                                               timeout_s=600.0))
+            llm.chat("Say OK.", max_tokens=4)  # the first call pays for warming up: not the baseline's
         else:
-            server = stack.enter_context(EmbeddedServer(args.model, threads=threads, alias=args.model))
-            url, model = server.url, args.model
-        llm = LLMClient(load_settings(backend="openai", base_url=url, model=model, timeout_s=600.0))
-        llm.chat("Say OK.", max_tokens=4)  # the first call pays for warming up: not the baseline's
-        result = measure(llm, retriever, questions, args.variants.split(","),
+            llm = stack.enter_context(variant_servers(args.model, variants, threads))
+        result = measure(llm, retriever, questions, variants,
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     report = {"schema": 1, "machine": platform.machine(), "python": platform.python_version(),
               "threads": threads, "kb_seconds": round(kb_s, 1), "documents": documents,

@@ -239,19 +239,22 @@ def test_prompt_opt_measures_each_variant_against_the_baseline() -> None:
     questions = [EvalQuestion("t-1", "What is libtasn1?", "libtasn1.pdf", (1,), key_facts=(("DER",),)),
                  EvalQuestion("t-2", "Which encoding does libtasn1 use?", "libtasn1.pdf", (1,),
                               key_facts=(("BER",),))]
-    result = measure(Recording(fake_llm(), model="fake"), OneDocRetriever(), questions, ["baseline", "all"])
-    base, best = result["variants"]["baseline"], result["variants"]["all"]
+    result = measure(Recording(fake_llm(), model="fake"), OneDocRetriever(), questions,
+                     ["baseline", "critic_reuse", "all"])
+    base, reuse, best = (result["variants"][v] for v in ("baseline", "critic_reuse", "all"))
     assert [r["id"] for r in base["answers"]] == ["t-1", "t-2"] and len(best["answers"]) == 2
     assert base["key_facts_correct"] == best["key_facts_correct"] == 1  # DER is in the answer, BER is not
     # the draft reads fewer tokens (one worked turn, a shorter system prompt); the critic more: it carries the
     # draft's conversation, which the server's cache holds
     draft_tokens = [v["summary"]["calls_per_purpose"]["draft"]["input_tokens"]["p50"] for v in (base, best)]
-    critic_tokens = [v["summary"]["calls_per_purpose"]["critic"]["input_tokens"]["p50"] for v in (base, best)]
+    critic_tokens = [v["summary"]["calls_per_purpose"]["critic"]["input_tokens"]["p50"] for v in (base, reuse)]
     assert draft_tokens[1] < draft_tokens[0] and critic_tokens[1] > critic_tokens[0]
     assert {str(b) for b in sent} == {"{'cache_prompt': False}", "{'cache_prompt': True}"}
-    assert sent.count({"cache_prompt": False}) == sent.count({"cache_prompt": True}) == 6  # 3 calls x 2 questions
+    # 3 calls x 2 questions per variant: the baseline without the cache, the other two with it
+    assert sent.count({"cache_prompt": False}) == 6 and sent.count({"cache_prompt": True}) == 12
     assert base["ratios"]["latency_p50"] == 1.0 and best["ratios"]["latency_p50"] is not None
-    assert [row["variant"] for row in ratio_table(result)] == ["baseline", "all"]
+    assert [row["variant"] for row in ratio_table(result)] == ["baseline", "critic_reuse", "all"]
+    assert result["servers"] == "shared"
     assert len(sample_questions(6)) == 6 and sum(not q.answerable for q in sample_questions(6)) == 1
 
 

@@ -225,7 +225,15 @@ def run(config: Config, progress: Progress) -> Report:
                                               key_facts=((TINY_DOCS[i][2].split()[-1].rstrip("."),),))
                                  for i in range(config.prompt_opt_questions)]
             progress.stage("prompt optimisation", 1)
-            opt = measure(llm, retriever, opt_questions, clock=clock)
+            if config.llm == "scripted":
+                opt = measure(llm, retriever, opt_questions, clock=clock)
+            else:  # a server per variant: one shared cache would hand a variant the prompts another just sent
+                from mastery.apps.assistant.prompt_opt import VARIANTS, variant_servers
+                from mastery.llm.settings import load_settings
+
+                chosen = load_settings(threads=config.threads, model=config.llm_model)
+                with variant_servers(chosen.model_name, list(VARIANTS), chosen.threads) as clients:
+                    opt = measure(clients, retriever, opt_questions)
             progress.step()
             report.table("prompt_optimisation", ratio_table(opt))
             for name, v in opt["variants"].items():
