@@ -19,11 +19,17 @@ The changes (:data:`VARIANTS`):
   (:attr:`BrainSettings.short_template`).
 
 Every variant has its own llama.cpp server (:func:`variant_servers`): one server's prompt cache would hand a
-variant the prompts another variant had just sent for the same question (measured: 95% of the prompt tokens came
-from the cache that way). Each answer's latency is the whole answer, wall clock (route, retrieval, draft, check,
-critic, revision), from its trace (:mod:`.monitoring`); the server's own timings give the prompt tokens it read
-and those it took from its cache. Questions are interleaved (every variant answers question 1, then question 2,
-...) so that a busy machine slows every variant alike.
+variant the prompts another variant had just sent for the same question (measured on the 0.5B: with one shared
+server the cached variant took 96% of its prompt tokens from the cache and looked 5x faster; with a server each,
+8%). Each answer's latency is the whole answer, wall clock (route, retrieval, draft, check, critic, revision),
+from its trace (:mod:`.monitoring`); the server's own timings give the prompt tokens it read and those it took
+from its cache. Questions are interleaved (every variant answers question 1, then question 2, ...) so that a
+busy machine slows every variant alike.
+
+Why the cache alone gains little here: the embedded server has one slot (``n_parallel = 1``), and the route,
+draft and critic prompts start differently, so each call finds the previous call's prompt in the slot and shares
+only the chat template's first tokens with it. Slots per purpose (llama.cpp picks the slot whose prompt is most
+similar) would keep each stable prefix warm.
 """
 
 from __future__ import annotations
@@ -52,8 +58,9 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant(),
     "prompt_cache": Variant(cache_prompt=True),
-    # measured on the 0.5B (6 questions): 5x faster, but the model asked to check its own answer in the same
-    # conversation rejected 3 good drafts, and the revisions said "I don't know": not in "all"
+    # measured on the 0.5B (3 questions, a server each): 0.69x the baseline's latency, but the model asked to check
+    # its own answer in the same conversation rejected good drafts and the revisions said "I don't know" (1 of 3
+    # correct against 2 of 3): not in "all"
     "critic_reuse": Variant(cache_prompt=True, settings={"critic_reuses_draft": True}),
     "fewer_passages": Variant(settings={"k": 3, "context_chars": 600}),
     "short_template": Variant(settings={"short_template": True}),
