@@ -175,7 +175,8 @@ def test_monitoring_page_needs_a_key_and_shows_the_numbers(tmp_path: Any) -> Non
             assert httpx_get(server.url + "/monitoring").status_code == 401
             assert httpx_get(server.url + "/monitoring", "wrong-key").status_code == 401
             page = client.get("/monitoring")
-            data = client.get("/monitoring", params={"format": "json"}).json()
+            data = client.get("/monitoring/summary").json()
+            assert httpx_get(server.url + "/monitoring/summary").status_code == 401
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         (trace,) = data["recent"]
         tokens = trace["tokens"]

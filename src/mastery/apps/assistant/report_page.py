@@ -2,7 +2,7 @@
 
 :func:`install_monitoring` (one call in :func:`mastery.apps.assistant.api.create_app`) wraps the API's brain in a
 :class:`~.monitoring.TracedBrain`, so every answer is a trace in ``traces.sqlite`` beside the sessions database,
-and adds the route: an HTML page (``?format=json``: the same numbers as JSON) with p50/p95 answer latency, time
+and adds the routes: an HTML page (``/monitoring/summary``: the same numbers as JSON) with p50/p95 answer latency, time
 to first token and tokens per answer, per route and per model, the LLM calls per model and per purpose, the
 cost, and the caller's own recent answers. The page shows no question or answer text: the numbers are
 everyone's, the list is the caller's.
@@ -12,7 +12,7 @@ everyone's, the list is the caller's.
 import html
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from mastery.apps.assistant.monitoring import TRACES_FILE, TracedBrain, TraceStore, summarize
 
@@ -23,7 +23,9 @@ RECENT = 20  # the caller's answers listed under the tables
 
 def install_monitoring(app: Any, settings: Any, keys: Any) -> TraceStore:
     """Trace every answer of ``settings.brain`` and serve ``GET /monitoring`` to key holders; the store."""
-    from fastapi import Depends, Query
+    import asyncio
+
+    from fastapi import Depends
     from fastapi.responses import HTMLResponse, JSONResponse
 
     from mastery.apps.assistant.schemas import ErrorResponse
@@ -38,22 +40,28 @@ def install_monitoring(app: Any, settings: Any, keys: Any) -> TraceStore:
     app.state.traces = store
     Owner = Annotated[str, Depends(owner_dependency(keys))]
 
-    @app.get("/monitoring", summary="latency, time to first token, tokens and cost per answer, per route and model",
-             responses={200: {"description": "the page (HTML), or its numbers as JSON with ?format=json",
-                              "content": {"text/html": {"schema": {"type": "string"}}}},
-                        401: {"model": ErrorResponse, **UNAUTHORIZED[401]},
-                        422: {"model": ErrorResponse, "description": "format is neither html nor json"}})
-    async def monitoring(owner: Owner, format: Annotated[Literal["html", "json"], Query(
-            description="html (default) or json")] = "html") -> Any:
-        import asyncio
-
-        def read() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def read(owner: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        def query() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             return summarize(store.answers(), store.calls()), store.answers(owner=owner, limit=RECENT)
 
-        summary, recent = await asyncio.to_thread(read)
-        if format == "json":
-            return JSONResponse({"summary": summary, "recent": recent})
-        return HTMLResponse(render_page(summary, recent))
+        return await asyncio.to_thread(query)
+
+    errors = {401: {"model": ErrorResponse, **UNAUTHORIZED[401]}}
+
+    @app.get("/monitoring", summary="the monitoring page: latency, time to first token, tokens and cost per answer, "
+                                    "per route and model",
+             # not response_class=HTMLResponse: that would document the JSON 401 as text/html
+             responses={200: {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                        **errors})
+    async def monitoring(owner: Owner) -> Any:
+        return HTMLResponse(render_page(*await read(owner)))
+
+    @app.get("/monitoring/summary", summary="the monitoring page's numbers as JSON: the summary and your recent "
+                                            "answers", responses={200: {"content": {"application/json": {"schema": {
+                                                "type": "object"}}}}, **errors})
+    async def monitoring_summary(owner: Owner) -> Any:
+        summary, recent = await read(owner)
+        return JSONResponse({"summary": summary, "recent": recent})
 
     return store
 
