@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _table import print_table
 from mastery.apps.assistant.prompt_opt import (
     PDF_DOCUMENTS,
     VARIANTS,
@@ -35,14 +36,6 @@ from mastery.apps.assistant.prompt_opt import (
     variant_servers,
 )
 from mastery.llm.settings import EMBEDDED_MODEL
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    keys = list(rows[0])
-    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
-    print("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
 
 
 def main() -> None:
@@ -83,7 +76,7 @@ def main() -> None:
               "threads": threads, "kb_seconds": round(kb_s, 1), "documents": documents,
               "retriever": getattr(retriever, "name", "?"), **result,
               "table": ratio_table(result)}
-    _print_table(report["table"])
+    print_table(report["table"])
     text = json.dumps(report, indent=2)
     print(text)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _table import print_table
 from mastery.assets.loaders import load_kb_pdfs
 from mastery.eval.assistant_tasks import ATTACK_SOURCE, QUESTIONS, EvalQuestion
 from mastery.eval.rag_tasks import source_matches
@@ -177,14 +178,6 @@ def retrieval(paths: list[Path], chunk_size: int, chunk_overlap: int, ks: tuple[
     return out
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    keys = list(rows[0])
-    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
-    print("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--retrieval", action="store_true", help="also measure hybrid-retrieval hit rates")
@@ -201,17 +194,17 @@ def main() -> None:
 
     paths = load_kb_pdfs()
     rows = extraction_rows(paths)
-    _print_table(rows)
+    print_table(rows)
     report: dict[str, Any] = {"schema": 1, "machine": platform.machine(), "python": platform.python_version(),
                               "pymupdf": "not measured: AGPL-3.0, not installed", "extraction": rows}
     if args.retrieval:
         report["retrieval"] = retrieval(paths, args.chunk_size, args.chunk_overlap, (3, 5), args.answers)
         for name in ("before", "after"):
             print(f"\nretrieval {name}: {report['retrieval'][name]['chunks']} chunks")
-            _print_table([{"document": d, **r} for d, r in report["retrieval"][name]["per_document"].items()])
+            print_table([{"document": d, **r} for d, r in report["retrieval"][name]["per_document"].items()])
             if "answers" in report["retrieval"][name]:
                 print(f"answers {name} ({report['retrieval'][name]['answers']['model']}, k=3):")
-                _print_table([{"document": d, **r}
+                print_table([{"document": d, **r}
                               for d, r in report["retrieval"][name]["answers"]["per_document"].items()])
     text = json.dumps(report, indent=2)
     print(text)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import random
-import sqlite3
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 from mastery.agents.resilience import FallbackChat, PriceTable, RetryingChat, RetryPolicy, RunCost, retrying_tool
 from mastery.agents.types import AgentError, Step, Tool
 from mastery.core.errors import ConfigError, MasteryError
+from mastery.core.sqlite import open_store
 from mastery.llm.types import ChatModel
 
 log = logging.getLogger("mastery.serving.agent")
@@ -79,13 +79,9 @@ class RunStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
+        self._db = open_store(self.path)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             columns = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
             if columns and "owner" not in columns:
                 self._db.executescript(_MIGRATE_OWNERS)

@@ -28,6 +28,7 @@ from typing import Any
 
 from mastery.apps.assistant.events import Event
 from mastery.core.errors import ConfigError
+from mastery.core.sqlite import open_store
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +95,13 @@ class SessionStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
+        self._db = open_store(self.path)
         with self._lock:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ConfigError(f"{self.path}: session store schema {version} is newer than this version "
                                   f"understands ({SCHEMA_VERSION}); upgrade mastery or use another --db")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             cur = self._db.execute("UPDATE turns SET status='interrupted', error=?, finished_at=? "
