@@ -65,7 +65,9 @@ class Config:
     llm: Literal["embedded", "scripted"] = "embedded"
     # registry GGUFs, each evaluated in turn; the checks judge the first, the others are the comparison
     models: tuple[str, ...] = (QUALITY_MODEL, EMBEDDED_MODEL)
-    questions: Annotated[int, Interval(ge=1, le=500)] | None = None  # evaluation questions (None: all of them)
+    # evaluation questions, taken from each document in turn with about one in six unanswerable (None: all of them)
+    questions: Annotated[int, Interval(ge=1, le=500)] | None = None
+    kb_description: str | None = None  # what the router is told the knowledge base holds (None: the app's default)
     # llama.cpp threads (None: MASTERY_LLM_THREADS / MASTERY_THREADS)
     threads: Annotated[int, Interval(ge=1, le=1024)] | None = None
     seed: int = 0
@@ -190,16 +192,16 @@ def ask(brain: Any, store: Any, text: str, session: str) -> dict[str, Any]:
 
 
 def evaluate(llm: Any, retriever: Any, questions: list[Any], probe_retriever: Any, tmp: Path,
-             progress: Progress) -> dict[str, Any]:
+             progress: Progress, kb_description: str | None = None) -> dict[str, Any]:
     """Every question answered by a fresh session of the brain, scored; then the two probes. ``tmp``: an empty
     folder for this run's session memory."""
-    from mastery.apps.assistant.graph import ResearchBrain
+    from mastery.apps.assistant.graph import BrainSettings, ResearchBrain
     from mastery.apps.assistant.monitoring import TracedBrain, TraceStore
     from mastery.eval.assistant_tasks import key_facts_found, source_correct
 
+    settings = BrainSettings(**({"kb_description": kb_description} if kb_description else {}))
     store = TraceStore(":memory:")
-    brain = TracedBrain(ResearchBrain(llm, retriever, memory=tmp / "memory.sqlite"),
-                        store)
+    brain = TracedBrain(ResearchBrain(llm, retriever, memory=tmp / "memory.sqlite", settings=settings), store)
     rows = []
     progress.stage(f"evaluate {getattr(llm, 'model', '?')}", len(questions) + 3)
     for i, q in enumerate(questions):
@@ -209,7 +211,8 @@ def evaluate(llm: Any, retriever: Any, questions: list[Any], probe_retriever: An
         progress.step()
     brain.close()
     probe_store = TraceStore(":memory:")
-    probe = TracedBrain(ResearchBrain(llm, probe_retriever, memory=tmp / "probe-memory.sqlite"), probe_store)
+    probe = TracedBrain(ResearchBrain(llm, probe_retriever, memory=tmp / "probe-memory.sqlite", settings=settings),
+                        probe_store)
     poison = ask(probe, probe_store, POISON_QUESTION, "probe-poison")
     progress.step()
     first = ask(probe, probe_store, MEMORY_FIRST, "probe-memory")
@@ -271,11 +274,13 @@ def run(config: Config, progress: Progress) -> Report:
             retriever, questions = _bm25(TINY_DOCS), _tiny_questions()
         else:
             from mastery.apps.assistant.graph import open_kb_retriever
+            from mastery.apps.assistant.prompt_opt import sample_questions
             from mastery.core.settings import get_settings
-            from mastery.eval.assistant_tasks import QUESTIONS
+            from mastery.eval.assistant_tasks import DOCUMENTS, QUESTIONS
 
             kb = eval_knowledge_base(get_settings().cache / "benchmarks" / "assistant-eval-kb")
-            retriever, questions = open_kb_retriever(kb, "docs"), list(QUESTIONS[:config.questions])
+            retriever = open_kb_retriever(kb, "docs")
+            questions = list(QUESTIONS) if config.questions is None else sample_questions(config.questions, DOCUMENTS)
         report.timing("knowledge_base_seconds", time.perf_counter() - start)
         results, devices = {}, []
         for model in config.models:
@@ -286,7 +291,8 @@ def run(config: Config, progress: Progress) -> Report:
                 start = time.perf_counter()
                 run_dir = tmp / f"model-{len(results)}"
                 run_dir.mkdir()
-                results[model] = evaluate(llm, retriever, questions, probe_retriever, run_dir, progress)
+                results[model] = evaluate(llm, retriever, questions, probe_retriever, run_dir, progress,
+                                          config.kb_description)
                 report.timing(f"evaluate_seconds_{len(results) - 1}", time.perf_counter() - start)
         report.device = "LLM: " + "; ".join(devices)
     _report(report, config, results)
