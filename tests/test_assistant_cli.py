@@ -66,7 +66,7 @@ def test_up_with_the_fake_llm_answers_a_question_and_down_leaves_nothing(tmp_pat
     assert final["status"] == "stopped"
     assert [name for name, s in final["services"].items() if alive(s["pid"], s["ticks"])] == []
     assert not alive(final["supervisor_pid"], final["supervisor_ticks"])
-    assert not listening("127.0.0.1", api_port) and not listening("127.0.0.1", llm_port)
+    assert not listening("127.0.0.1", api_port, final["pgid"]) and not listening("127.0.0.1", llm_port, final["pgid"])
     # every service stopped on SIGTERM within the grace period (none needed SIGKILL)
     assert {name: s["exit_code"] for name, s in final["services"].items()} == {"llm": 0, "api": 0}
     again = _mastery("assistant", "status", "--dir", str(state_dir), env=env)

@@ -91,8 +91,11 @@ def test_stack_up_status_logs_down(stack_args, tmp_path, capsys):
         assert cli.main(["stack", "down", *state_dir]) == 0
     assert "no process left" in capsys.readouterr().out
     assert not any(stack.alive(p) for p in pids)
-    assert not stack.listening("127.0.0.1", api_port) and not stack.listening("127.0.0.1", chroma_port)
-    assert json.loads((tmp_path / "stack" / "state.json").read_text())["status"] == "stopped"
+    final = json.loads((tmp_path / "stack" / "state.json").read_text())
+    # a port counts only when our process group holds it: the kernel may give a freed port to anyone
+    assert not stack.listening("127.0.0.1", api_port, final["pgid"])
+    assert not stack.listening("127.0.0.1", chroma_port, final["pgid"])
+    assert final["status"] == "stopped"
     assert cli.main(["stack", "status", *state_dir]) == 1
 
 
@@ -106,7 +109,8 @@ def test_sigkill_of_the_supervisor_leaves_nothing_listening(stack_args, tmp_path
         assert stack.listening("127.0.0.1", api_port) and stack.listening("127.0.0.1", chroma_port)
         os.kill(state["supervisor_pid"], signal.SIGKILL)  # no handler runs: only the kernel can clean up
         assert stack.wait_dead(services, 15.0), "a service outlived its supervisor"
-        assert not stack.listening("127.0.0.1", api_port) and not stack.listening("127.0.0.1", chroma_port)
+        assert not stack.listening("127.0.0.1", api_port, state["pgid"])
+        assert not stack.listening("127.0.0.1", chroma_port, state["pgid"])
         assert cli.main(["stack", "status", "--dir", str(state_dir)]) == 1
         assert "stack dead" in capsys.readouterr().out
     finally:

@@ -231,12 +231,14 @@ def _stack_story(report: Report, config: Config, spec: Any, work: Path, progress
         queries = _fill_kb(report, config, state["services"]["chroma"]["url"], work, progress)
         _end_to_end(report, config, state["services"]["api"]["url"], queries, progress)
     finally:
-        pids = [(s["pid"], s["ticks"]) for s in stack.read_state(state_dir)["services"].values()]
+        final = stack.read_state(state_dir)
+        pids = [(s["pid"], s["ticks"]) for s in final["services"].values()]
+        pgid = final.get("pgid")  # a port counts as left over only when our process group holds it
         start = time.perf_counter()
         stack.down(state_dir)
         report.timing("stack_down_seconds", time.perf_counter() - start)
     left = [p for p, t in pids if stack.alive(p, t)]
-    listening = [s.port for s in stack.services(spec, state_dir) if stack.listening(spec.host, s.port)]
+    listening = [s.port for s in stack.services(spec, state_dir) if stack.listening(spec.host, s.port, pgid)]
     report.metric("processes_left_after_down", len(left) + len(listening))
     report.check("clean_down", not left and not listening, "after 'stack down' no service process runs and no "
                  "port listens", f"processes {left}, ports {listening}")
@@ -327,7 +329,8 @@ def _restart(report: Report, config: Config, spec: Any, state_dir: Path, queries
             start = time.perf_counter()
             gone = stack.wait_dead(services, 15.0)
             report.timing("children_gone_after_kill_seconds", time.perf_counter() - start)
-            listening = [s["port"] for s in state["services"].values() if stack.listening(spec.host, s["port"])]
+            listening = [s["port"] for s in state["services"].values()
+                         if stack.listening(spec.host, s["port"], state.get("pgid"))]
             report.check("supervisor_kill", gone and not listening, "SIGKILL to the supervisor: the kernel kills "
                          "both services (PR_SET_PDEATHSIG), nothing is left listening", f"ports {listening}")
     finally:

@@ -217,11 +217,53 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def listening(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections on host:port."""
+def listening(host: str, port: int, pgid: int | None = None) -> bool:
+    """Whether something accepts TCP connections on host:port; with ``pgid``, only a listener owned by a
+    process of that process group counts.
+
+    Why the owner matters: once our services are gone, the kernel may hand their ports to any other
+    process asking for an ephemeral port (a test server, a busy CI machine), and that is not a leftover
+    of ours. Where /proc cannot say who owns the socket, any listener counts.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
-        return s.connect_ex((host, port)) == 0
+        if s.connect_ex((host, port)) != 0:
+            return False
+    if pgid is None:
+        return True
+    owners = _listener_pids(port)
+    if owners is None:
+        return True
+    groups = set()
+    for pid in owners:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            groups.add(os.getpgid(pid))
+    return pgid in groups
+
+
+def _listener_pids(port: int) -> set[int] | None:
+    """Pids holding a listening TCP socket on ``port`` (from /proc/net/tcp*), or None when unreadable."""
+    inodes = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the socket inode
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        if not inodes:
+            return None
+        pids = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if any(os.readlink(f"/proc/{entry}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{entry}/fd")):
+                    pids.add(int(entry))
+        return pids
+    except OSError:
+        return None
 
 
 # -- state files ---------------------------------------------------------------------------------
@@ -338,7 +380,7 @@ def down(state_dir: Path = DEFAULT_DIR) -> dict[str, Any]:
         wait_dead([(pid, state.get("supervisor_ticks")), *recorded], 5.0)
     left = [p for p, t in recorded if alive(p, t)]
     host = state.get("host", LOCALHOST)
-    ports = [s["port"] for s in state.get("services", {}).values() if listening(host, s["port"])]
+    ports = [s["port"] for s in state.get("services", {}).values() if listening(host, s["port"], pgid)]
     final = read_state(state_dir) or state
     if final.get("status") not in ("stopped", "failed"):
         final["status"] = "stopped"
