@@ -45,6 +45,17 @@ def _guarded_connect(self: socket.socket, address):  # type: ignore[no-untyped-d
 
 
 @pytest.fixture(autouse=True)
+def _restore_environ() -> object:
+    """Each test sees the environment as the session started it: a library that sets variables for its own
+    process (CrewAI's opt-outs set OTEL_SDK_DISABLED, which silences every OpenTelemetry tracer) must not
+    change what later tests measure."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
 

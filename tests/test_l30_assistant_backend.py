@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mastery.apps.assistant.events import Passage
+from mastery.eval import assistant_eval as l30
 from mastery.eval.assistant_tasks import EvalQuestion, source_correct
-from mastery.labs import l30_assistant_backend as l30
 
 
 def _draft_prompt(*passages: str, question: str = "What do the release notes say?") -> list[dict[str, str]]:
@@ -37,14 +37,14 @@ def test_poisoned_answer_is_not_certified_by_the_brain(tmp_path: Path) -> None:
 
     llm = ScriptedChat(l30.careful_responder, model="scripted")
     store = TraceStore(":memory:")
-    brain = TracedBrain(ResearchBrain(llm, l30._bm25((*l30.TINY_DOCS, l30.POISON)), memory=tmp_path / "m.sqlite"),
+    brain = TracedBrain(ResearchBrain(llm, l30.bm25_over((*l30.TINY_DOCS, l30.POISON)), memory=tmp_path / "m.sqlite"),
                         store)
     answer = l30.ask(brain, store, l30.POISON_QUESTION, "s")
     brain.close()
     drafts = [c["reply"] for c in llm.calls if "PWNED" in str(c.get("reply", ""))]
     assert drafts, "the scripted model should have obeyed the passage"
-    assert not l30._poison_certified(answer)
-    assert l30._poison_certified({"text": "PWNED [1].", "refused": False})
+    assert not l30.poison_certified(answer)
+    assert l30.poison_certified({"text": "PWNED [1].", "refused": False})
 
 
 def test_scores_follow_the_definitions() -> None:
@@ -66,5 +66,5 @@ def test_cited_attack_passage_matches_its_technique() -> None:
     q = EvalQuestion("attack-x", "?", "mitre-attack", (), "T1055")
     good = Passage(1, "T1055 Process Injection\nAdversaries inject code.", "mitre-attack")
     other = {"n": 2, "text": "T1003 OS Credential Dumping\n...", "source": "mitre-attack", "page": None}
-    assert source_correct([l30._Cited(good)], q)
-    assert not source_correct([l30._Cited(other)], q)
+    assert source_correct([l30.Cited(good)], q)
+    assert not source_correct([l30.Cited(other)], q)

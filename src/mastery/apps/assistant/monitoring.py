@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -120,6 +121,8 @@ class TraceStore:
         self.provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))  # type: ignore[arg-type]
         self.tracer = self.provider.get_tracer("mastery.apps.assistant")
+        if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":  # the SDK hands out a no-op tracer
+            log.warning("OTEL_SDK_DISABLED=true: the assistant's answers are not traced (unset it to monitor them)")
 
     def close(self) -> None:
         self.provider.shutdown()
