@@ -153,10 +153,12 @@ def default_settings(llm_url: str, model: str, *, collection: str = DEFAULT_COLL
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    what = {400: "an unreadable body, a bad upload name, or a question the input guard refused", 404: "no session of yours has this id",
-            411: "no Content-Length header", 413: "body or file larger than the limit (named in `error`)",
-            415: "unsupported file type, or a body that is not JSON", 422: "a field breaks the schema (`error` and `detail` name it), or an "
-                                               "unreadable file",
+    what = {400: "an unreadable body, a bad upload name, or a question the input guard refused",
+            404: "no session of yours has this id",
+            411: "no Content-Length header",
+            413: "body or file larger than the limit (named in `error`)",
+            415: "unsupported file type, or a body that is not JSON",
+            422: "a field breaks the schema (`error` and `detail` name it), or an unreadable file",
             429: "too many answers in progress; retry after Retry-After seconds"}
     out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse, "description": what[c]} for c in codes}
     return {**out, 401: {"model": ErrorResponse, **UNAUTHORIZED[401]}}
