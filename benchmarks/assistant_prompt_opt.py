@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from _table import print_table
+from _table import emit_json, print_table
 from mastery.apps.assistant.prompt_opt import (
     PDF_DOCUMENTS,
     VARIANTS,
@@ -77,10 +75,7 @@ def main() -> None:
               "retriever": getattr(retriever, "name", "?"), **result,
               "table": ratio_table(result)}
     print_table(report["table"])
-    text = json.dumps(report, indent=2)
-    print(text)
-    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_out).write_text(text + "\n")
+    emit_json(report, args.json_out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import platform
 import tempfile
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _table import print_table
+from _table import emit_json, print_table
 from mastery.assets.loaders import load_kb_pdfs
 from mastery.eval.assistant_tasks import ATTACK_SOURCE, QUESTIONS, EvalQuestion
 from mastery.eval.rag_tasks import source_matches
@@ -206,10 +205,7 @@ def main() -> None:
                 print(f"answers {name} ({report['retrieval'][name]['answers']['model']}, k=3):")
                 print_table([{"document": d, **r}
                               for d, r in report["retrieval"][name]["answers"]["per_document"].items()])
-    text = json.dumps(report, indent=2)
-    print(text)
-    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_out).write_text(text + "\n")
+    emit_json(report, args.json_out)
 
 
 if __name__ == "__main__":

@@ -103,11 +103,9 @@ def cmd_batch_score(args: argparse.Namespace) -> int:
 def add_batch_score_command(sub: Any) -> None:
     """``mastery predict batch-score``, added to the ``predict`` group."""
     p = sub.add_parser("batch-score", help="score a CSV of passengers: the input rows plus probability and label")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="a trained model's registry name, NAME or NAME@VERSION (e.g. titanic-logreg)")
-    which.add_argument("--artifact", help="a .skops file with its .skops.json sidecar, or runs:/<run id>")
-    p.add_argument("--sha256", default=None, help="refuse unless the model file's sha256 starts with this")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ (default sqlite:///runs/mlflow.db)")
+    from mastery.serving.cli import add_model_source
+
+    add_model_source(p)  # the options serving.cli._load reads, as `predict serve` has them
     p.add_argument("--input", required=True, help="CSV with the Kaggle columns (Pclass, Sex, SibSp, Parch, Fare; "
                                                   "Age, Embarked, Name optional; others are kept as they are)")
     p.add_argument("--output", required=True, help="CSV to write (atomically: complete or not at all)")

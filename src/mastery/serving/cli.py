@@ -205,21 +205,27 @@ def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--port", type=int, default=port, help="port (default %(default)s)")
 
 
+def add_model_source(p: argparse.ArgumentParser) -> None:
+    """The options :func:`_load` reads: ``--model`` (registry name) or ``--artifact`` (file or runs:/), with
+    ``--sha256`` and ``--tracking-uri``; every command that loads the Titanic model takes the same ones."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a trained model's registry name, NAME or NAME@VERSION (e.g. titanic-logreg; "
+                                       "see 'mastery models list')")
+    which.add_argument("--artifact", help="a .skops file with its .skops.json sidecar, or runs:/<run id> of an "
+                                          "MLflow run that logged one")
+    p.add_argument("--sha256", default=None, help="refuse the model unless the file's sha256 starts with this "
+                                                  "(e.g. the 12-digit version)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ (default sqlite:///runs/mlflow.db)")
+
+
 def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     """``mastery predict train|serve``; ``mastery agent serve`` is added by :func:`add_agent_serve`."""
     predict = subparsers.add_parser("predict", help="the Titanic prediction API: train a model, serve POST /predict")
     sub = predict.add_subparsers(dest="action", required=True, parser_class=parser_class)
 
     p = sub.add_parser("serve", help="serve POST /predict for a trained Titanic model (docs at /docs)")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="a trained model's registry name, NAME or NAME@VERSION (e.g. titanic-logreg; "
-                                       "see 'mastery models list')")
-    which.add_argument("--artifact", help="a .skops file with its .skops.json sidecar, or runs:/<run id> of an "
-                                          "MLflow run that logged one")
+    add_model_source(p)
     _add_server_options(p, 8000)
-    p.add_argument("--sha256", default=None, help="refuse to serve unless the file's sha256 starts with this "
-                                                  "(e.g. the 12-digit version)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ (default sqlite:///runs/mlflow.db)")
     p.add_argument("--scoring-threads", type=int, default=1, choices=range(1, 65), metavar="N",
                    help="sklearn engine: requests scored at once (default 1: scoring holds the GIL, more threads "
                         "only contend)")
