@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag,serve,agents,assistant
+EXTRAS ?= dev,ml,torch,ops,vision,nlp,finetune,llm,rag,serve,agents,assistant,security
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install system demo test test-slow lint bench lock clean
