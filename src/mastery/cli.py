@@ -19,7 +19,8 @@ README = Path("README.md")
 DOMAIN_COMMANDS = ("mastery.vision.cli", "mastery.text.cli", "mastery.llm.cli", "mastery.retrieval.cli",
                    "mastery.agents.cli", "mastery.agents.support_cli", "mastery.agents.crew_cli",
                    "mastery.serving.cli", "mastery.serving.auth_cli", "mastery.core.settings_cli",
-                   "mastery.ops.stack_cli", "mastery.tabular.quality_cli", "mastery.apps.assistant.cli")
+                   "mastery.ops.stack_cli", "mastery.tabular.quality_cli", "mastery.apps.assistant.cli",
+                   "mastery.security.redteam_cli")
 
 
 class _Parser(argparse.ArgumentParser):
