@@ -74,7 +74,7 @@ INJECTION_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
                 r"(?:instructions|prompt|text)|(?:instructions|rules) you were given|your (?:instructions|"
                 r"configuration|rules)|(?:text|everything) above)\b", _I)),
     ("exfil-image", "renders a markdown image whose URL carries data out",
-     re.compile(r"!\[[^\]]*\]\(\s*https?://[^)\s]+[?&][^)\s]*=", _I)),
+     re.compile(r"!\[[^\]]*\]\(\s*https?://[^)\s]+[?&][^)\s]*=[^)\s]*\s*\)", _I)),
 )
 
 BANNED_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (

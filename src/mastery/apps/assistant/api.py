@@ -137,14 +137,18 @@ def default_settings(llm_url: str, model: str, *, collection: str = DEFAULT_COLL
 
     folder = Path(assistant_dir) if assistant_dir else (get_settings().assistant_dir
                                                          or get_settings().cache / "assistant")
-    guards = guards or Guards.from_settings()
+    if guards is None:  # the guard layer (L38), on unless MASTERY_ASSISTANT_GUARDS=false
+        from mastery.security.guardrails import build_guards
+
+        guards = build_guards()
     llm = LLMClient(load_settings(backend="openai", base_url=llm_url, model=model, timeout_s=llm_timeout_s))
     kb = KnowledgeBase.open(kb_location)
     # The brain screens the question and the final answer (so its memory keeps the screened text), and every
     # LLM call it makes goes through the same guards around the ChatModel.
     brain = ResearchBrain(guards.wrap_chat(llm), CollectionRetriever(kb, collection, open_kb_retriever),
                           web=open_web_search(web_backend), memory=folder / "memory.sqlite",
-                          input_guard=guards.check_input, output_guard=guards.check_output)
+                          input_guard=guards.check_input, output_guard=guards.check_output,
+                          passage_guard=guards.check_passage)
     return AssistantAPISettings(brain=brain, kb=kb, collection=collection, db_path=folder / "sessions.db",
                                 uploads_dir=folder / "uploads", keys=keys, guards=guards, guards_in_brain=True,
                                 llm_url=llm_url,

@@ -28,7 +28,11 @@
 Guards: ``input_guard`` and ``output_guard`` are ``str -> str`` callables (None: no guard; the guard objects of
 :mod:`mastery.apps.assistant.guards` plug in here) applied to the question before any LLM call and to the final
 answer. They may rewrite the text (redact) or raise, which ends the run with a refusal (``refused`` and
-``guarded`` true) naming the exception's message: any exception, so that a broken guard fails closed.
+``guarded`` true) naming the exception's message: any exception, so that a broken guard fails closed. An answer
+the output guard rewrote carries ``redacted`` true (its tokens were streamed before the guard saw the whole text;
+the answer event replaces them). ``passage_guard`` screens each retrieved passage: one it refuses is dropped
+(listed in the ``passages`` event's ``dropped``) before the prompt is built, so the model never reads it and the
+citation check can never certify a sentence drawn from it.
 """
 
 from __future__ import annotations
@@ -157,10 +161,12 @@ class ResearchBrain:
 
     def __init__(self, llm: ChatModel, retriever: Retriever | None = None, *, web: WebSearch | None = None,
                  memory: SessionMemory | str | Path = ":memory:", settings: BrainSettings | None = None,
-                 input_guard: Guard | None = None, output_guard: Guard | None = None, prices: Any = None) -> None:
+                 input_guard: Guard | None = None, output_guard: Guard | None = None, prices: Any = None,
+                 passage_guard: Guard | None = None) -> None:
         self.llm, self.retriever, self.web = llm, retriever, web
         self.settings = settings or BrainSettings()
         self.input_guard, self.output_guard, self.prices = input_guard, output_guard, prices
+        self.passage_guard = passage_guard
         self.model = str(getattr(llm, "model", "") or "")
         self.reasoning = self.settings.reasoning if self.settings.reasoning is not None else \
             is_reasoning_model(self.model)
@@ -245,6 +251,23 @@ class ResearchBrain:
             send(splitter.feed(completion.text))
         send(splitter.close())
         return "".join(parts).strip(), completion
+
+    def screen_passages(self, passages: list[Passage]) -> tuple[list[Passage], list[dict[str, Any]]]:
+        """Passages the passage guard keeps (renumbered from 1, best-ranked still last) and the dropped ones with
+        the guard's reason: a dropped passage never reaches the prompt, so no answer can cite it."""
+        if self.passage_guard is None:
+            return passages, []
+        kept: list[Passage] = []
+        dropped: list[dict[str, Any]] = []
+        for p in passages:
+            try:
+                text = self.passage_guard(p.text)
+            except Exception as exc:  # a guard that fails drops the passage: fail closed
+                dropped.append({"source": p.source, "page": p.page, "reason": str(exc)})
+                log.info("event=assistant_guard where=passage source=%s reason=%r", p.source, str(exc))
+                continue
+            kept.append(Passage(len(kept) + 1, text, p.source, p.page, p.score, p.kind))
+        return kept, dropped
 
     def search(self, query: str) -> list[Hit]:
         return self.retriever.search(query, self.settings.k) if self.retriever is not None else []
@@ -336,7 +359,10 @@ def build_graph(brain: ResearchBrain) -> Any:
             detail += f"{len(passages)} passages from the knowledge base" + (
                 f" ({getattr(brain.retriever, 'name', '?')})" if brain.retriever is not None else
                 " (no knowledge base configured)")
-        _emit("passages", passages=passages)
+        passages, dropped = brain.screen_passages(passages)
+        if dropped:
+            detail += f"; {len(dropped)} dropped by the passage guard ({dropped[0]['reason']})"
+        _emit("passages", passages=passages, **({"dropped": dropped} if dropped else {}))
         _step("retrieve", "end", detail)
         return {"passages": [asdict(p) for p in passages], "similarity": similar}
 
@@ -437,15 +463,22 @@ def build_graph(brain: ResearchBrain) -> Any:
     def finish(state: BrainState) -> dict[str, Any]:
         c = state["checked"]
         text, refused, guarded = c["text"], bool(c["refused"]), False
+        citations, unsupported, redacted = c["citations"], c["unsupported"], False
         if brain.output_guard is not None:
             try:
-                text = brain.output_guard(text)
+                screened = brain.output_guard(text)
+                if screened != text:  # redacted: the citations and unsupported sentences quote the same text
+                    redacted = True
+                    citations = [{**x, "sentence": brain.output_guard(x["sentence"])} for x in citations]
+                    unsupported = [brain.output_guard(u) for u in unsupported]
+                text = screened
             except Exception as exc:  # fail closed
                 log.info("event=assistant_guard where=output reason=%r", str(exc))
                 text, refused, guarded = f"(withheld by the output guard: {exc})", True, True
-        citations = [] if guarded else c["citations"]
-        extra = {"guarded": True} if guarded else {}
-        _emit("answer", text=text, citations=citations, unsupported=c["unsupported"], refused=refused,
+        citations = [] if guarded else citations
+        # "redacted": the streamed tokens differ from this final text, which replaces them
+        extra = {"guarded": True} if guarded else ({"redacted": True} if redacted else {})
+        _emit("answer", text=text, citations=citations, unsupported=unsupported, refused=refused,
               revised=bool(state.get("revised")), route=state["route"]["route"], **extra)
         _emit("usage", calls=state.get("calls", []))
         turns = [{"role": "user", "content": state["question"], "route": state["route"]["route"]},

@@ -19,6 +19,10 @@ this one object:
 - the final answer, before it is streamed, stored or returned: a refusal replaces it with the guard's reason
   and marks it ``refused`` and ``guarded`` (the brain does this, or the API for a brain that does not).
 
+The ResearchBrain also drops each retrieved passage its ``passage`` guard refuses (retrieved text is data), and
+:class:`GuardedChat` applies ``prompt``/``completion`` when they are given (else the input and output guards).
+The guard layer itself is :func:`mastery.security.guardrails.build_guards`.
+
 ``MASTERY_ASSISTANT_GUARDS=false`` (or ``enabled=False``) turns every check off without unplugging them.
 A guard returns the text to use (unchanged, or redacted) or raises :class:`GuardRefusal`.
 """
@@ -49,6 +53,12 @@ class Guards:
     input: Guard | None = None
     output: Guard | None = None
     enabled: bool = True
+    # Each retrieved passage, before the prompt is built (raise: the brain drops it; the ResearchBrain only).
+    passage: Guard | None = None
+    # What GuardedChat applies to every prompt and completion; None: the input and output guards. The guard
+    # layer (mastery.security.guardrails) passes a light screen: the question, passages and answer have their own.
+    prompt: Guard | None = None
+    completion: Guard | None = None
 
     @classmethod
     def from_settings(cls, input: Guard | None = None, output: Guard | None = None) -> Guards:
@@ -61,13 +71,22 @@ class Guards:
         """Which checks run: ``["input", "output"]``, some of them, or none."""
         if not self.enabled:
             return []
-        return [name for name in ("input", "output") if getattr(self, name) is not None]
+        return [name for name in ("input", "output", "passage") if getattr(self, name) is not None]
 
     def check_input(self, text: str) -> str:
         return self.input(text) if self.enabled and self.input is not None else text
 
     def check_output(self, text: str) -> str:
         return self.output(text) if self.enabled and self.output is not None else text
+
+    def check_passage(self, text: str) -> str:
+        return self.passage(text) if self.enabled and self.passage is not None else text
+
+    def check_prompt(self, text: str) -> str:
+        return self.prompt(text) if self.enabled and self.prompt is not None else self.check_input(text)
+
+    def check_completion(self, text: str) -> str:
+        return self.completion(text) if self.enabled and self.completion is not None else self.check_output(text)
 
     def wrap_chat(self, chat: Any) -> Any:
         """``chat`` itself when no guard is active, else a :class:`GuardedChat` around it."""
@@ -86,16 +105,16 @@ class GuardedChat:
 
     def _screen(self, messages: Any, system: str | None) -> tuple[Any, str | None]:
         if isinstance(messages, str):
-            messages = self._guards.check_input(messages)
+            messages = self._guards.check_prompt(messages)
         else:
-            messages = [{**m, "content": self._guards.check_input(m["content"])}
+            messages = [{**m, "content": self._guards.check_prompt(m["content"])}
                         if m.get("role") == "user" and isinstance(m.get("content"), str) else m for m in messages]
         return messages, system
 
     def chat(self, messages: Any, *, system: str | None = None, **options: Any) -> Any:
         messages, system = self._screen(messages, system)
         completion = self._chat.chat(messages, system=system, **options)
-        return dataclasses.replace(completion, text=self._guards.check_output(completion.text))
+        return dataclasses.replace(completion, text=self._guards.check_completion(completion.text))
 
     def stream(self, messages: Any, *, system: str | None = None, **options: Any) -> Any:
         # The pieces reach the user as they come; the output guard sees the whole text when it is complete
