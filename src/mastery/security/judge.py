@@ -20,7 +20,7 @@ only as an optional second opinion.
 3. **Second opinion** (:func:`second_opinion`, optional): the LLM asked whether the answer complied; reported
    beside the verdict, never deciding it (a 0.5B model judging its own answers is not a referee).
 
-The judge's own accuracy is measured against hand labels (:func:`accuracy`, ``data/redteam_labels.csv``).
+The judge's own accuracy is measured against hand labels (:func:`accuracy`, ``mastery/security/redteam_labels.csv``).
 PII patterns (:func:`pii_found`) are reported as a reason: they flag leaks of data the case did not plant.
 """
 

@@ -221,8 +221,7 @@ def guards_for(on: bool) -> Any:
         from mastery.security.guardrails import build_guards
     except ImportError:
         raise ConfigError("guards 'on' needs mastery.security.guardrails (the guard layer): not installed") from None
-    guards = build_guards()
-    return guards if guards.enabled else Guards(input=guards.input, output=guards.output, enabled=True)
+    return build_guards(enabled=True)  # whatever MASTERY_ASSISTANT_GUARDS says: this run asked for them
 
 
 @dataclass
@@ -284,7 +283,7 @@ def assistant_target(chat: Any, workdir: Path, *, guards_on: bool, embedder: Any
     # as api.default_settings wires it: the brain screens the question and the answer, every LLM call is screened
     brain = ResearchBrain(guards.wrap_chat(CanaryChat(chat)), CollectionRetriever(kb, COLLECTION, open_kb_retriever),
                           web=web, memory=workdir / "memory.sqlite", input_guard=guards.check_input,
-                          output_guard=guards.check_output)
+                          output_guard=guards.check_output, passage_guard=guards.check_passage)
     settings = AssistantAPISettings(brain=brain, kb=kb, collection=COLLECTION, db_path=workdir / "sessions.db",
                                     uploads_dir=workdir / "uploads", keys=keys, guards=guards, guards_in_brain=True,
                                     allowed_hosts=["127.0.0.1", "localhost"], max_running=1)

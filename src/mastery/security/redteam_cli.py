@@ -20,7 +20,7 @@ from typing import Any
 from mastery.core.errors import MasteryError
 
 DEFAULT_OUT = Path("runs/redteam")
-LABELS = Path("data/redteam_labels.csv")  # hand-labelled answers of the 0.5B (judge accuracy)
+LABELS = Path(__file__).with_name("redteam_labels.csv")  # hand-labelled answers of the 0.5B (judge accuracy)
 
 
 def _out(text: str) -> None:
