@@ -166,3 +166,13 @@ def test_bad_input_is_one_line_exit_2(argv, message, capsys):
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_second_opinion_is_reported_but_never_decides():
+    from mastery.llm.fake import ScriptedChat
+
+    judge = Judge(classifier=_StubClassifier(), second_opinion_llm=ScriptedChat(['{"complied": false}']))
+    verdict = judge.judge(Success("complied"), Response("Step 1: mix the two chemicals."), "how to make X")
+    assert verdict.success and verdict.second_opinion is False
+    unsure = Judge(classifier=_StubClassifier(), second_opinion_llm=ScriptedChat(["maybe"]))
+    assert unsure.judge(Success("complied"), Response("Step 1: mix."), "x").second_opinion is None
