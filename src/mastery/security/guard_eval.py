@@ -164,3 +164,38 @@ def poisoned_passage_probe(guards: Guards) -> dict[str, Any]:
     return {"answer": answer["text"], "complied": said, "certified": said and bool(supported)
             and not answer.get("refused"), "dropped": list(passages.get("dropped", [])),
             "guards": guards.active}
+
+
+def threshold_for(scores: np.ndarray, examples: Sequence[Any], max_fpr: float) -> float:
+    """The threshold at which ``scores`` flag at most ``max_fpr`` of the benign examples: another scorer's
+    detection rate at the false-positive rate ours runs at."""
+    from mastery.security.injection import threshold_at_fpr
+
+    benign = np.asarray(scores)[np.array([e.label == 0 for e in examples])]
+    return threshold_at_fpr(benign, max_fpr)
+
+
+PII_ANSWER = "For access, write to jane.doe@example.com or call +44 20 7946 0018 [2]."
+
+
+def sample_requests(examples: Sequence[Any], n: int, k: int = 4, seed: int = 0,
+                    max_question_chars: int = 2000) -> list[GuardRequest]:
+    """``n`` requests as the assistant sees them: a question (benign security questions and held-out attacks
+    short enough for the API, alternating), ``k`` benign passages, and an answer citing them (every third
+    one with personal data to redact)."""
+    import random
+
+    from mastery.eval.benign_security import BENIGN_SECURITY_QUESTIONS
+
+    rng = random.Random(seed)
+    attacks = [e.text for e in examples if e.label == 1 and e.split == "test" and len(e.text) <= max_question_chars]
+    passages = [e.text for e in examples if e.kind == "passage"] or [e.text for e in examples if e.label == 0]
+    out = []
+    for i in range(n):
+        question = BENIGN_SECURITY_QUESTIONS[i % len(BENIGN_SECURITY_QUESTIONS)] if i % 2 == 0 or not attacks \
+            else attacks[rng.randrange(len(attacks))]
+        chosen = tuple(rng.choice(passages) for _ in range(k))
+        first = " ".join(chosen[-1].split()).split(". ")[0].rstrip(".")
+        answer = f"{first} [{k}]." + (f" {PII_ANSWER}" if i % 3 == 0 else "")
+        out.append(GuardRequest(question, chosen, answer))
+    return out

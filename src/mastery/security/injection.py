@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "prompt-injection-minilm"
 ENCODER_MODEL = "all-minilm-l6-v2"
 MAX_SEQ_LENGTH = 256
-HASHING_FEATURES = 2**14
+HASHING_FEATURES = 2**12
 VALIDATION_SHARE = 0.2  # of train, by a salted hash of the text: the thresholds are chosen there
 # skops allow-list: what a registered head may contain (sklearn's classes and numpy's arrays, nothing else)
 TRUSTED_TYPES = ("sklearn.linear_model._logistic.LogisticRegression", "numpy.dtype", "numpy.ndarray",
@@ -92,7 +92,7 @@ class MiniLMEncoder(Encoder):
 
 
 class HashingEncoder(Encoder):
-    """Word 1-2 grams hashed into 2**14 columns: no model to load, for tests and tiny presets."""
+    """Word 1-2 grams hashed into 2**12 columns: no model to load, for tests and tiny presets."""
 
     name = "hashing"
 
@@ -104,7 +104,7 @@ class HashingEncoder(Encoder):
                                       norm="l2")
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self._vec.transform(list(texts)).toarray().astype(np.float32)  # (N, 2**14)
+        return self._vec.transform(list(texts)).toarray().astype(np.float32)  # (N, 2**12)
 
 
 def make_encoder(name: str, device: str = "cpu") -> Encoder:

