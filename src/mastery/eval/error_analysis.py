@@ -385,11 +385,10 @@ def slice_figure(rows: Sequence[SliceRow], title: str) -> Any:
     rates = np.array([r.error_rate for r in shown])
     err = np.array([[r.error_rate - r.ci_low for r in shown], [r.ci_high - r.error_rate for r in shown]])
     ax.errorbar(rates, y, xerr=err, fmt="o", color="tab:blue", ecolor="tab:gray", capsize=3)
-    ax.axvline(rows[0].error_rate, color="tab:red", linestyle="--", label=f"overall {100 * rows[0].error_rate:.1f}%")
+    ax.axvline(rows[0].error_rate, color="tab:red", linestyle="--")
     ax.set_yticks(y, [f"{r.name} (n={r.n:,})" for r in shown], fontsize=8)
     ax.set_xlabel("error rate (Wilson 95% interval)")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{title}\ndashed line: overall error rate {100 * rows[0].error_rate:.1f}%", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -3,6 +3,7 @@ hand tags, and what to fix next, for the MNIST, CIFAR-10 and IMDb models of the 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -115,11 +116,11 @@ def run(config: Config, progress: Progress) -> Report:
     report.metric("hand_tags_in_file", len(tags))
 
     mnist = load_mnist()
-    _images(report, config, "mnist", mnist["x_train"], mnist["y_train"], mnist["x_test"], mnist["y_test"],
-            [str(d) for d in range(10)], config.mnist_test_size, tags, str(device), progress)
+    models = [_images(report, config, "mnist", mnist["x_train"], mnist["y_train"], mnist["x_test"], mnist["y_test"],
+                      [str(d) for d in range(10)], config.mnist_test_size, tags, str(device), progress)]
     cifar = load_cifar10()
-    _images(report, config, "cifar10", cifar["x_train"], cifar["y_train"], cifar["x_test"], cifar["y_test"],
-            cifar["class_names"], config.cifar_test_size, tags, str(device), progress)
+    models.append(_images(report, config, "cifar10", cifar["x_train"], cifar["y_train"], cifar["x_test"],
+                          cifar["y_test"], cifar["class_names"], config.cifar_test_size, tags, str(device), progress))
     if cifar["source"] == "jpeg-q75":
         report.note("CIFAR-10 is the registry's JPEG (quality 75) copy, as the model was trained and tested on: "
                     "JPEG blocking lowers high-frequency detail, so the blur slice here measures soft or "
@@ -127,7 +128,9 @@ def run(config: Config, progress: Progress) -> Report:
     precision = decide_bf16(config.bf16, device) if config.models == "registry" else None
     if precision is not None:
         precision.record(report)
-    _imdb(report, config, load_imdb(), tags, str(device), precision.bf16 if precision else False, progress)
+    models.append(_imdb(report, config, load_imdb(), tags, str(device), precision.bf16 if precision else False,
+                        progress))
+    report.table("Models analysed", models)
 
     report.note(
         "Method: for each model, the confusion matrix on its test split; the worst errors are the mistakes with "
@@ -168,7 +171,7 @@ def _tagged_positions(tags: list[HandTag], dataset: str) -> np.ndarray:
 # -- images -------------------------------------------------------------------------------------------------
 def _images(report: Report, config: Config, dataset: str, x_train: np.ndarray, y_train: np.ndarray,
             x_test: np.ndarray, y_test: np.ndarray, class_names: list[str], test_size: int | None,
-            tags: list[HandTag], device: str, progress: Progress) -> None:
+            tags: list[HandTag], device: str, progress: Progress) -> dict[str, Any]:
     from mastery.eval.error_analysis import Predictions, image_probabilities
     from mastery.vision.image_slices import AMBIGUOUS, image_categories, image_thresholds
 
@@ -180,7 +183,9 @@ def _images(report: Report, config: Config, dataset: str, x_train: np.ndarray, y
     else:
         model, mean, std = _train_image_model(config, x_train, y_train, len(class_names), device)
         recorded, ref = None, "trained here"
+    start = time.perf_counter()
     probs = image_probabilities(model, images, mean, std, device=device)
+    seconds = time.perf_counter() - start
     pred = Predictions(dataset, tuple(f"test/{i}" for i in idx), labels, probs.astype(np.float64),
                        tuple(class_names))
     thresholds = image_thresholds(images, pred.margin, config.slice_quantile)
@@ -193,6 +198,7 @@ def _images(report: Report, config: Config, dataset: str, x_train: np.ndarray, y
                 for r, i in enumerate(worst)]
     report.figure(f"{dataset}_worst_errors", image_grid(
         images[worst], captions, cols=5, title=f"{dataset}: the {len(worst)} most confident errors (true->predicted)"))
+    return _model_row(report, pred, ref, recorded, seconds)
 
 
 def _registry_image_model(dataset: str, device: str) -> tuple[Any, list[float], list[float], float, str]:
@@ -228,7 +234,7 @@ def _train_image_model(config: Config, x_train: np.ndarray, y_train: np.ndarray,
 
 # -- text ---------------------------------------------------------------------------------------------------
 def _imdb(report: Report, config: Config, imdb: Any, tags: list[HandTag], device: str, bf16: bool,
-          progress: Progress) -> None:
+          progress: Progress) -> dict[str, Any]:
     import pandas as pd
 
     from mastery.assets.loaders import balanced_subset
@@ -244,10 +250,12 @@ def _imdb(report: Report, config: Config, imdb: Any, tags: list[HandTag], device
     sample = pd.concat([sample, extra], ignore_index=True)
     texts, labels = sample.text.tolist(), sample.label.to_numpy(dtype=np.int64)
     progress.stage("imdb: model", None)
+    start = time.perf_counter()
     if config.models == "registry":
         probs, recorded, ref = _registry_text_probs(config, texts, device, bf16, progress)
     else:
         probs, recorded, ref = _train_text_probs(config, imdb, texts), None, "trained here"
+    seconds = time.perf_counter() - start
     pred = Predictions("imdb", tuple(sample.example_id), labels, probs.astype(np.float64), ("negative", "positive"))
     features = text_features(texts)
     thresholds = text_thresholds(features, config.slice_quantile)
@@ -269,6 +277,15 @@ def _imdb(report: Report, config: Config, imdb: Any, tags: list[HandTag], device
     report.note("IMDb sarcasm cues are surface patterns ('yeah right', 'oh great', scare quotes around praise, "
                 "'so bad it's good', '?!'); their precision as a sarcasm detector is not measured here, so the "
                 "slice reads as 'has such a cue', and the hand tags name actual sarcasm where a person saw it.")
+    return _model_row(report, pred, ref, recorded, seconds)
+
+
+def _model_row(report: Report, pred: Predictions, ref: str, recorded: float | None, seconds: float) -> dict[str, Any]:
+    report.timing(f"{pred.dataset}_inference_seconds", seconds)
+    report.timing(f"{pred.dataset}_examples_per_second", len(pred.ids) / max(seconds, 1e-9))
+    return {"dataset": pred.dataset, "model": ref, "test examples": len(pred.ids),
+            "accuracy": round(pred.accuracy, 4), "recorded accuracy": recorded if recorded is not None else "-",
+            "errors": int((~pred.correct).sum()), "inference s": round(seconds, 1)}
 
 
 def _registry_text_probs(config: Config, texts: list[str], device: str, bf16: bool,
