@@ -273,7 +273,7 @@ def test_the_prediction_api_serves_a_registered_model_by_name(tmp_path, monkeypa
 # -- the labs register what they train --------------------------------------------------------------
 LAB_MODELS = {"l05": "mnist-cnn", "l09": "cifar10-cnn", "l10": "screen-classifier", "l12": "nuclei-unet",
               "l14": "shakespeare-char-", "l16": "imdb-sentiment-minilm", "l20": "attack-cross-encoder",
-              "l25": "titanic-logreg"}
+              "l25": "titanic-logreg", "l34": "mnist-cnn-adv"}
 
 
 def _reload_outputs(name: str, reg) -> tuple[list, list]:
