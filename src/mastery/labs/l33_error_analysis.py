@@ -235,19 +235,11 @@ def _train_image_model(config: Config, x_train: np.ndarray, y_train: np.ndarray,
 # -- text ---------------------------------------------------------------------------------------------------
 def _imdb(report: Report, config: Config, imdb: Any, tags: list[HandTag], device: str, bf16: bool,
           progress: Progress) -> dict[str, Any]:
-    import pandas as pd
 
-    from mastery.assets.loaders import balanced_subset
     from mastery.eval.error_analysis import AMBIGUOUS_MAX_MARGIN, Predictions, ambiguity_cutoff
     from mastery.text.text_slices import normalise, text_categories, text_features, text_thresholds
 
-    test = imdb[imdb.split == "test"].copy()
-    test["example_id"] = ["test/" + ("pos" if lab else "neg") + f"/{i}" for lab, i in zip(test.label, test.id,
-                                                                                          strict=True)]
-    sample = balanced_subset(test, config.imdb_test_size, config.seed)
-    tagged = {t.example_id for t in tags if t.dataset == "imdb"}
-    extra = test[test.example_id.isin(tagged) & ~test.example_id.isin(set(sample.example_id))]
-    sample = pd.concat([sample, extra], ignore_index=True)
+    sample, n_test = _imdb_sample(config, imdb, tags)
     texts, labels = sample.text.tolist(), sample.label.to_numpy(dtype=np.int64)
     progress.stage("imdb: model", None)
     start = time.perf_counter()
@@ -273,7 +265,7 @@ def _imdb(report: Report, config: Config, imdb: Any, tags: list[HandTag], device
         return text if len(text) <= 260 else f"{text[:170]} ... {text[-80:]}"
 
     _analyse(report, config, pred, auto, rows, tags, model_slices={AMBIGUOUS}, recorded=recorded, ref=ref,
-             sampled=len(sample) < len(test), snippet=snippet)
+             sampled=len(sample) < n_test, snippet=snippet)
     report.note("IMDb sarcasm cues are surface patterns ('yeah right', 'oh great', scare quotes around praise, "
                 "'so bad it's good', '?!'); their precision as a sarcasm detector is not measured here, so the "
                 "slice reads as 'has such a cue', and the hand tags name actual sarcasm where a person saw it.")
@@ -286,6 +278,21 @@ def _model_row(report: Report, pred: Predictions, ref: str, recorded: float | No
     return {"dataset": pred.dataset, "model": ref, "test examples": len(pred.ids),
             "accuracy": round(pred.accuracy, 4), "recorded accuracy": recorded if recorded is not None else "-",
             "errors": int((~pred.correct).sum()), "inference s": round(seconds, 1)}
+
+
+def _imdb_sample(config: Config, imdb: Any, tags: list[HandTag]) -> tuple[Any, int]:
+    """(the stratified test sample plus any hand-tagged reviews, with ids ``test/<neg|pos>/<id>``; test size)."""
+    import pandas as pd
+
+    from mastery.assets.loaders import balanced_subset
+
+    test = imdb[imdb.split == "test"].copy()
+    test["example_id"] = ["test/" + ("pos" if lab else "neg") + f"/{i}" for lab, i in zip(test.label, test.id,
+                                                                                          strict=True)]
+    sample = balanced_subset(test, config.imdb_test_size, config.seed)
+    tagged = {t.example_id for t in tags if t.dataset == "imdb"}
+    extra = test[test.example_id.isin(tagged) & ~test.example_id.isin(set(sample.example_id))]
+    return pd.concat([sample, extra], ignore_index=True), len(test)
 
 
 def _registry_text_probs(config: Config, texts: list[str], device: str, bf16: bool,
