@@ -26,6 +26,7 @@ import hashlib
 import io
 import logging
 import pickle
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,12 +83,14 @@ class MiniLMEncoder(Encoder):
         super().__init__()
         self.device, self.batch_size = device, batch_size
         self._model: Any = None
+        self._lock = threading.Lock()  # the API's workers share one guard: load the model once
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         from mastery.text.embed import encode_texts, load_sentence_model
 
-        if self._model is None:
-            self._model = load_sentence_model(ENCODER_MODEL, device=self.device, max_seq_length=MAX_SEQ_LENGTH)
+        with self._lock:
+            if self._model is None:
+                self._model = load_sentence_model(ENCODER_MODEL, device=self.device, max_seq_length=MAX_SEQ_LENGTH)
         return encode_texts(self._model, texts, batch_size=self.batch_size)  # (N, 384)
 
 

@@ -27,8 +27,10 @@ once (the local LLM answers one at a time anyway); more get 429 with Retry-After
 Guards (:mod:`mastery.apps.assistant.guards`): the question passes the input guard before the brain starts
 (a refusal answers 400 with the guard's reason) and the final answer the output guard before it is streamed
 or stored, unless ``guards_in_brain`` says the brain does both itself (the ResearchBrain does, so that its
-memory keeps the screened text; :func:`default_settings` wires it so). The LLM calls inside the brain are
-screened by the same ``Guards`` wrapped around its ChatModel. A guard that raises anything refuses.
+memory keeps the screened text; :func:`default_settings` wires it so, with the guard layer of
+:func:`mastery.security.guardrails.build_guards`, which also drops retrieved passages that carry instructions).
+The LLM calls inside the brain are screened by the same ``Guards`` wrapped around its ChatModel. A guard that
+raises anything refuses.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint signatures at runtime.

@@ -12,14 +12,18 @@ the graph's nodes run, and a revision sends ``thought``/``token`` events again, 
                 ``attempts`` counts the router's LLM calls
 - ``step``      ``{"name": str, "status": "start"|"end", "detail": str}``: a graph node starting or ending
                 (route, retrieve, draft, check, critic, revise), shown as the visible reasoning
-- ``passages``  ``{"passages": [Passage as dict, ...]}``: what the answer may cite, numbered from 1
+- ``passages``  ``{"passages": [Passage as dict, ...]}``: what the answer may cite, numbered from 1; with
+                ``"dropped": [{"source", "page", "reason"}]`` when the passage guard removed some (retrieved
+                text that carries instructions never reaches the prompt)
 - ``thought``   ``{"text": str, "step": str}``: a piece of a reasoning model's ``<think>`` part (concatenate the
                 pieces of one step: "route", "draft", "critic", "revise"), never part of the answer
 - ``token``     ``{"text": str, "step": "draft"|"revise"}``: a piece of the draft answer as the model writes it;
                 pieces of "revise" replace the draft's
 - ``answer``    ``{"text": str, "citations": [Citation as dict], "unsupported": [str], "refused": bool,
                 "revised": bool, "route": str}``: the final answer after the citation check and the critic;
-                ``"guarded": true`` added when a guard refused the question or withheld the answer
+                ``"guarded": true`` added when a guard refused the question or withheld the answer,
+                ``"redacted": true`` when the output guard rewrote it (the streamed tokens showed the raw draft;
+                this text replaces them)
 - ``usage``     ``{"calls": [LLMCall as dict, ...]}``: every LLM call of the run (monitoring)
 - ``error``     ``{"message": str}``: the run failed; no ``answer`` follows
 
