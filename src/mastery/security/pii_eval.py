@@ -438,7 +438,7 @@ def metrics_figure(rows: Sequence[dict[str, Any]], title: str = "PII detection (
     ax.set_xticks(x, [f"{n}\n(n={r['gold']})" for n, r in zip(names, rows, strict=True)], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=5, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -476,3 +476,37 @@ def measure_latency(detector: PIIDetector, texts: Sequence[str], repeats: int = 
     return {"p50_ms": round(float(np.percentile(arr, 50)), 2), "p95_ms": round(float(np.percentile(arr, 95)), 2),
             "mean_ms": round(float(arr.mean()), 2), "n": len(times)}
 
+
+
+TUNED_SEEDS = (0, 1, 2, 3)  # the recognisers' rules were adjusted after reading the errors on these seeds
+HELD_OUT_SEED = 7  # report on a seed the rules never saw
+
+
+def pii_study(n_synthetic: int = 400, n_inserted: int = 150, n_negative: int = 150, n_hard: int = 150,
+              seed: int = HELD_OUT_SEED, latency_n: int = 50, with_ner: bool = True,
+              real_text: bool = True) -> dict[str, Any]:
+    """Everything a report needs in one call: the set's make-up, per-entity metrics (overlap and exact) and
+    latency for the default detector, the same with spaCy's PERSON/LOCATION on (``with_ner``), and sample errors.
+
+    The NER variant is scored on all nine types: its precision drop is the reason it is off by default.
+    """
+    from collections import Counter
+
+    from mastery.security.pii import ALL_ENTITIES, get_pii_detector
+
+    examples = build_pii_set(n_synthetic, n_inserted, n_negative, n_hard, seed=seed, real_text=real_text)
+    texts = latency_texts(n=latency_n, seed=seed, real_text=real_text)
+    out: dict[str, Any] = {
+        "seed": seed, "tuned_seeds": list(TUNED_SEEDS), "examples": len(examples),
+        "by_source": dict(sorted(Counter(ex.source.split(":")[0] for ex in examples).items())),
+        "gold_spans": dict(sorted(Counter(g.entity_type for ex in examples for g in ex.spans).items())),
+    }
+    variants = {"default": None, "with_ner": ALL_ENTITIES} if with_ner else {"default": None}
+    for name, entities in variants.items():
+        detector = get_pii_detector(entities)
+        overlap = evaluate(detector, examples, "overlap")
+        exact = score_spans(examples, overlap.predictions, detector.entities, "exact")
+        out[name] = {"entities": list(detector.entities), "rows": metrics_table(overlap),
+                     "exact_all": metrics_table(exact)[-1], "latency": measure_latency(detector, texts),
+                     "errors": overlap.errors[:40]}
+    return out
