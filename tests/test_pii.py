@@ -205,3 +205,26 @@ def test_real_text_parts_keep_gold_aligned() -> None:
     for ex in examples:
         assert all(g.entity_type == "EMAIL_ADDRESS" and "@" in ex.text[g.start:g.end]
                    for g in ex.spans if ex.source.startswith("negative:"))
+
+
+@pytest.mark.parametrize("size", [1, 5, 23])
+def test_stream_redactor_matches_whole_text_redaction(detector: PIIDetector, size: int) -> None:
+    from mastery.security.pii import StreamRedactor
+
+    text = ("Sure. The customer wrote from bob.smith@example.com and paid with 4111 1111 1111 1111; "
+            "the wire went to DE89 3704 0044 0532 0130 00. " * 2 + f"The key was:\n{PEM}\nand the token {GH}. "
+            "Call +49 30 1234567 tomorrow. " + "Nothing else to add here at all. " * 4)
+    stream = StreamRedactor(detector)
+    pieces = [stream.feed(text[i:i + size]) for i in range(0, len(text), size)]
+    assert sum(1 for p in pieces if p) >= 3  # text leaves before the end of the stream
+    assert "".join(pieces) + stream.flush() == detector.redact(text).text
+    assert stream.flush() == ""
+
+
+def test_find_is_thread_safe(detector: PIIDetector) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"user{i}@example.com paid with 4111 1111 1111 1111 from 10.0.0.{i}" for i in range(24)]
+    expected = [detector.find(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(detector.find, texts)) == expected

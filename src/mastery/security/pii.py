@@ -368,6 +368,8 @@ def _spacy_engine(ner: bool) -> Any:
             exclude = ["parser"] if ner else ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer",
                                              "ner"]
             self.nlp = {"en": spacy.load(path, exclude=exclude)}
+            if not ner:  # spaCy's 1M-character cap guards the parser's and NER's memory; a tokenizer needs none
+                self.nlp["en"].max_length = 20_000_000
 
         def _doc_to_nlp_artifact(self, doc: Any, language: str) -> Any:
             if not ner:  # before the artifacts are built: they derive their keywords from the lemmas
@@ -459,6 +461,54 @@ class PIIDetector:
         operators = {e: OperatorConfig("replace", {"new_value": f"<{e}>"}) for e in {s.entity_type for s in spans}}
         out = _anonymizer_engine().anonymize(text=text, analyzer_results=results, operators=operators)
         return RedactResult(out.text, tuple(spans))
+
+
+def _replace(text: str, spans: Sequence[PIISpan]) -> str:
+    out, pos = [], 0
+    for span in spans:
+        out += [text[pos:span.start], f"<{span.entity_type}>"]
+        pos = span.end
+    return "".join(out) + text[pos:]
+
+
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]+-----")
+
+
+class StreamRedactor:
+    """Redacts a stream of chunks (an LLM's tokens) and passes text on as soon as no finding can still grow
+    into it.
+
+    It holds back the last ``hold`` characters (longer than any card, IBAN or phone written with spaces), cuts
+    only at whitespace (a key or token without spaces is never split) and never inside a finding, and holds
+    everything from an unfinished ``-----BEGIN ... PRIVATE KEY-----`` until its END line or the stream's end.
+    ``"".join(feed(c) for c in chunks) + flush()`` equals ``redact`` of the whole text whenever each finding's
+    context words lie within ``hold`` characters of it.
+    """
+
+    def __init__(self, detector: PIIDetector, hold: int = 64) -> None:
+        self.detector, self.hold, self._buffer = detector, hold, ""
+
+    def feed(self, chunk: str) -> str:
+        self._buffer += chunk
+        if len(self._buffer) < 2 * self.hold:  # batch: one analysis per ~hold characters, not per token
+            return ""
+        limit = len(self._buffer) - self.hold
+        begin = self._buffer.rfind("-----BEGIN")
+        if begin != -1 and not _PEM_END.search(self._buffer, begin):
+            limit = min(limit, begin)
+        cut = max(self._buffer.rfind(" ", 0, limit), self._buffer.rfind("\n", 0, limit))
+        spans = self.detector.find(self._buffer)
+        cut = min([cut] + [s.start for s in spans if s.start < cut < s.end])
+        if cut <= 0:
+            return ""
+        out = _replace(self._buffer[:cut], [s for s in spans if s.end <= cut])
+        self._buffer = self._buffer[cut:]
+        return out
+
+    def flush(self) -> str:
+        """The rest, redacted; the redactor is empty afterwards."""
+        rest, self._buffer = self._buffer, ""
+        return self.detector.redact(rest).text if rest else ""
 
 
 def get_pii_detector(entities: tuple[str, ...] | None = None, threshold: float = DEFAULT_THRESHOLD) -> PIIDetector:
