@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import re
 import string
@@ -33,6 +34,8 @@ from functools import lru_cache
 from typing import Any
 
 from mastery.security.pii import PIIDetector, PIISpan
+
+log = logging.getLogger(__name__)
 
 LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "it_IT", "es_ES", "nl_NL")
 SLOT = re.compile(r"\{([A-Z_]+)\}")
@@ -326,6 +329,8 @@ def build_pii_set(n_synthetic: int = 400, n_inserted: int = 150, n_negative: int
     for _ in range(n_hard):
         examples.append(PIIExample(_hard_negative(HARD_NEGATIVES[rng.randrange(len(HARD_NEGATIVES))], values), (),
                                    "hard_negative"))
+    log.info("PII set: %d examples; %d Faker phone strings dropped as impossible numbers", len(examples),
+             values.dropped_phones)
     return examples
 
 
