@@ -17,6 +17,9 @@ spans whose every character was redacted by some prediction of any type: what a 
 
 Faker writes some phone strings no numbering plan allows (de_DE ``00008063608``); the set keeps only numbers
 libphonenumber calls *possible* in the locale's region, judged on the number alone, never by the detector.
+
+The recognisers' rules were adjusted after reading their errors on seeds 0-3 (:data:`TUNED_SEEDS`); a report
+should use another seed (:data:`HELD_OUT_SEED`).
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class _Values:
             self.fakers[loc] = Faker(loc)
             self.fakers[loc].seed_instance(seed * 1000 + i)
         self.dropped_phones = 0
+        self.secret_kind = ""
 
     def _s(self, alphabet: str, n: int) -> str:
         return "".join(self.rng.choice(alphabet) for _ in range(n))
@@ -177,6 +181,7 @@ class _Values:
     def secret(self) -> str:
         rng, s = self.rng, self._s
         kind = rng.choice(["aws", "github", "github_pat", "slack", "openai", "pem", "jwt", "assigned", "password"])
+        self.secret_kind = kind  # the last two are written as "key = value" lines by ``fill``
         if kind == "aws":
             return "AKIA" + s(string.ascii_uppercase + "234567", 16)
         if kind == "github":
@@ -217,7 +222,7 @@ def fill(template: str, values: _Values, locale: str) -> tuple[str, list[GoldSpa
         entity = match.group(1)
         value = values.value(entity, locale)
         start_in, end_in = 0, len(value)
-        if entity == "SECRET" and not value.startswith(("AKIA", "gh", "github_pat_", "xox", "sk-", "-----", "eyJ")):
+        if entity == "SECRET" and values.secret_kind in ("assigned", "password"):
             line, start_in = _assignment(value, values.rng)  # only the value is gold, not the key name
             value, end_in = line, start_in + len(value)
         out.append(value)
