@@ -228,3 +228,8 @@ def test_find_is_thread_safe(detector: PIIDetector) -> None:
     expected = [detector.find(t) for t in texts]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(detector.find, texts)) == expected
+
+
+def test_patterns_win_over_ner_in_overlaps() -> None:
+    spans = [PIISpan("PERSON", 0, 12, 0.85, ""), PIISpan("IP_ADDRESS", 3, 14, 0.6, "")]
+    assert [s.entity_type for s in resolve_overlaps(spans)] == ["IP_ADDRESS"]
