@@ -99,6 +99,9 @@ PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1b2c3d4\n-----END RSA PR
     (f"my key:\n{PEM}\nthanks", PEM),
     ('api_key = "f3a9Bx72kQpL0sZt8Yw4"', "f3a9Bx72kQpL0sZt8Yw4"),  # the value only, not the key name
     ("password: Tr0ub4dor&3x", "Tr0ub4dor&3x"),
+    ("Authorization: Bearer 9fQ2xL7mK1pZ8rT4vW6yB3nD", "9fQ2xL7mK1pZ8rT4vW6yB3nD"),
+    ("GOOGLE_KEY AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q now", "AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q"),
+    ("gitlab glpat-xY7zQ2wE9rT4yU1iO3pA5 here", "glpat-xY7zQ2wE9rT4yU1iO3pA5"),
 ])
 def test_secrets_found(detector: PIIDetector, text: str, secret: str) -> None:
     assert found(detector, text) == [("SECRET", secret)]
@@ -109,6 +112,7 @@ def test_secrets_found(detector: PIIDetector, text: str, secret: str) -> None:
     "we use sk-learn-contributions-package daily",  # no digits, no upper case
     "eyJub3QganNvbg.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9P",  # header is not JSON
     "api_key = YOUR_API_KEY", "api_key=os.environ['API_KEY']", "password: hunter",
+    "send it with Bearer authentication headers",
 ])
 def test_secret_look_alikes_not_found(detector: PIIDetector, text: str) -> None:
     assert found(detector, text) == []

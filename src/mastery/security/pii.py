@@ -17,8 +17,9 @@ p50 latency on 200 words rises from ~7 ms to ~45-57 ms on this shared 2-core mac
 ``get_pii_detector(entities=ALL_ENTITIES)``.
 
 Secrets have no owner but leak the same way: provider formats with a fixed prefix (AWS ``AKIA``, GitHub
-``ghp_``/``github_pat_``, Slack ``xox?-``, OpenAI-style ``sk-``), PEM private keys, JWTs (their header must
-decode to JSON with ``alg``) and ``api_key = ...``/``password: ...`` assignments whose value looks random
+``ghp_``/``github_pat_``, GitLab ``glpat-``, Slack ``xox?-``, Google ``AIza``, Stripe ``sk_live_``, OpenAI-style
+``sk-``), PEM private keys, JWTs (their header must decode to JSON with ``alg``), ``Bearer`` tokens and
+``api_key = ...``/``password: ...`` assignments whose value looks random
 (a placeholder such as ``YOUR_API_KEY`` or ``os.environ[...]`` is not a secret). All are one entity type,
 ``SECRET``.
 """
@@ -126,6 +127,10 @@ _SECRET_PATTERNS: tuple[tuple[str, str, float, Any], ...] = (
     ("github_token", r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}\b", 0.9, None),
     ("github_pat", r"\bgithub_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}\b", 0.9, None),
     ("slack_token", r"\bxox[abposre]-(?:[A-Za-z0-9]+-){1,4}[A-Za-z0-9]{8,}\b", 0.9, None),
+    ("gitlab_token", r"\bglpat-[A-Za-z0-9_-]{20,}", 0.9, None),
+    ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}\b", 0.9, None),
+    ("stripe_key", r"\b(?:sk|rk)_live_[A-Za-z0-9]{20,}\b", 0.9, None),
+    ("bearer_token", r"\bBearer\s+\K[A-Za-z0-9._~+/-]{16,}=*", 0.5, looks_random),
     ("openai_style_key", r"\bsk-(?:[a-z]{2,8}-)?[A-Za-z0-9_-]{20,}", 0.6, _mixed_alnum),
     ("private_key_pem", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
                         r"(?:[\s\S]{0,8000}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?", 0.95, None),
