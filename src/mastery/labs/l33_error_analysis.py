@@ -59,6 +59,7 @@ _REVIEWS = {
     "mixed review": "add mixed reviews with their overall verdict to fine-tuning",
     "sarcasm": "collect and label sarcastic reviews for fine-tuning",
     "verdict in the middle": "raise max_length or pool over chunks: the middle of long reviews is cut",
+    "praise aimed elsewhere": "add reviews whose praise goes to a book, an actor or another film than the one rated",
 }
 ACTIONS = {"mnist": {**_SHARED, **_DIGITS}, "cifar10": {**_SHARED, **_PHOTO}, "imdb": {**_SHARED, **_REVIEWS}}
 
