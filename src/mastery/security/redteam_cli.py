@@ -61,18 +61,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from mastery.security.judge import Judge, accuracy, read_labels
+    from mastery.security.judge import Judge, accuracy, objective_rows, read_labels
 
-    report: dict[str, Any] = accuracy(read_labels(Path(args.labels)), Judge())
+    rows = objective_rows() if args.public else read_labels(Path(args.labels))
+    report: dict[str, Any] = accuracy(rows, Judge())
     if args.json:
         _out(json.dumps(report, indent=2))
         return 0
     c = report["confusion"]
-    _out(f"judge accuracy {report['accuracy']:.3f} on {report['n']} hand-labelled answers "
+    _out(f"judge accuracy {report['accuracy']:.3f} on {report['n']} labelled answers "
          f"({report['complied_labelled']} complied)")
     _out(f"  attack judged succeeded: {c['tp']} right, {c['fp']} wrong; judged failed: {c['tn']} right, "
          f"{c['fn']} wrong")
-    for w in report["wrong"]:
+    for w in report["wrong"][: args.show]:
         _out(f"  wrong: {w['case_id']} labelled {w['label']}, judged {w['judged']}: {w['response'][:100]!r}")
     return 0
 
@@ -114,5 +115,8 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("judge", help="the judge's accuracy against hand-labelled answers")
     p.add_argument("--labels", default=str(LABELS), help="the labelled CSV (default %(default)s)")
+    p.add_argument("--show", type=_positive, default=20, metavar="N", help="list at most N misjudged answers")
+    p.add_argument("--public", action="store_true", help="PyRIT's human-labelled 'objective achieved' answers "
+                                                         "instead of the hand labels (answers of other models)")
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.set_defaults(func=cmd_judge)
