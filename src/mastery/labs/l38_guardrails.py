@@ -190,7 +190,9 @@ def _heldout(report: Report, config: Config, clf: Any, examples: list[Any], harm
                  round(d.false_positive_rate, 4))
 
     rows = [d.row(f"ours ({clf.encoder.name})"), g.row("input guard (ours + rules)")]
-    by_kind = {k: {"kind": k, "n": v["n"], "ours": v["flagged"]} for k, v in d.by_kind.items()}
+    # "guard": the rules or the classifier, what the input and passage guards refuse (indirect: the passage guard)
+    by_kind = {k: {"kind": k, "n": v["n"], "ours": v["flagged"], "guard": g.by_kind[k]["flagged"],
+                   "nanoguard": None, "nanoguard_n": 0} for k, v in d.by_kind.items()}
     latency_sample = [e.text for e in test][:: max(1, len(test) // config.latency_texts)][:config.latency_texts]
     cpu_clf = _on_cpu(clf)
     _, seconds = timed_scores(lambda t: cpu_clf.scores(t, "attack"), latency_sample)
@@ -212,8 +214,8 @@ def _nanoguard(report: Report, config: Config, clf: Any, test: list[Any], ours: 
     from mastery.security.injection import NanoGuardScorer
 
     progress.stage("NanoGuard on the same texts", None)
-    step = max(1, len(test) // config.nanoguard_sample)
-    idx = np.arange(0, len(test), step)[:config.nanoguard_sample]
+    # spread over the whole (kind-ordered) test list, so every kind is in the sample
+    idx = np.unique(np.linspace(0, len(test) - 1, min(config.nanoguard_sample, len(test))).astype(int))
     sample = [test[i] for i in idx]
     ng = NanoGuardScorer(device=device)
     t0 = time.perf_counter()
@@ -234,8 +236,11 @@ def _nanoguard(report: Report, config: Config, clf: Any, test: list[Any], ours: 
              d_ng.row(f"NanoGuard, threshold {ng.threshold} (n={len(sample)})"),
              d_matched.row(f"NanoGuard at our false-positive rate (threshold {matched:.3f})")]
     for k, v in d_ng.by_kind.items():
-        by_kind.setdefault(k, {"kind": k, "n": v["n"], "ours": None})["nanoguard"] = v["flagged"]
-        by_kind[k]["nanoguard_n"] = v["n"]
+        by_kind[k]["nanoguard"], by_kind[k]["nanoguard_n"] = v["flagged"], v["n"]
+    from mastery.eval.benign_security import BENIGN_SECURITY_QUESTIONS
+
+    flagged = ng.scores(list(BENIGN_SECURITY_QUESTIONS)) >= ng.threshold
+    report.metric("nanoguard_benign_security_flagged", round(float(flagged.mean()), 4))
     ng_cpu = NanoGuardScorer(device="cpu") if device != "cpu" else ng
     _, seconds = timed_scores(ng_cpu.scores, latency_sample)
     report.timing("nanoguard_p50_ms", percentile_ms(seconds, 50))
@@ -264,9 +269,10 @@ def _figure(report: Report, rows: list[dict[str, Any]]) -> None:
 
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 3.6))
-    ax.bar(x - 0.2, [r.get("ours") or 0.0 for r in rows], 0.4, label="ours (MiniLM + LR)")
+    ax.bar(x - 0.27, [r.get("ours") or 0.0 for r in rows], 0.27, label="ours (classifier)")
+    ax.bar(x, [r.get("guard") or 0.0 for r in rows], 0.27, label="guard (rules + classifier)")
     if any(r.get("nanoguard") is not None for r in rows):
-        ax.bar(x + 0.2, [r.get("nanoguard") or 0.0 for r in rows], 0.4, label="NanoGuard")
+        ax.bar(x + 0.27, [r.get("nanoguard") or 0.0 for r in rows], 0.27, label="NanoGuard (sample)")
     ax.set_xticks(x, [f"{r['kind']}\n(n={r['n']})" for r in rows], fontsize=7)
     ax.set_ylabel("share flagged")
     ax.set_ylim(0, 1.05)
