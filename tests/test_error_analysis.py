@@ -166,7 +166,7 @@ def test_what_to_fix_names_the_slice_with_its_numbers():
                         actions={"blurry": "augment with blur"})
     assert lines[0].startswith("Largest excess: slice 'blurry' has error rate 50.0%")
     assert "on 100 examples against 9.5% overall" in lines[0] and lines[0].endswith("augment with blur.")
-    assert "0 -> 1, 95 times" in lines[1]
+    assert lines[1].startswith("Errors lean one way: 95 of 95 (100.0% [96.1%, 100.0%]) are 0 examples called 1")
     # the same slice below min_count is not recommended
     lines = what_to_fix(pred, rows, cm, cats, worst_errors(pred, 10), min_count=101, actions={})
     assert lines[0].startswith("No input slice with at least 101 examples")
@@ -242,3 +242,14 @@ def test_negation_counts_contractions_and_ignores_lookalikes():
     features = text_features(["I don't think it wasn't nothing.", "Notable knots and nothingness, cannons."])
     assert features.negations[0] == 3
     assert features.negations[1] == 0
+
+
+def test_what_to_fix_names_the_commonest_confusion_of_many_classes():
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    probs = np.eye(3)[[2, 2, 0, 0, 1, 1, 2, 2]] * 0.7 + 0.1  # predictions 2, 2, 0, 0, 1, 1, 2, 2
+    pred = _pred(y, probs)
+    cm = confusion_matrix(pred.y_true, pred.y_pred, 3)
+    cats = apply_hand_tags(pred.ids, {}, "toy", [])
+    lines = what_to_fix(pred, slice_table(pred.correct, {}), cm, cats, worst_errors(pred, 3), min_count=1,
+                        actions={})
+    assert "Most frequent confusion: 0 -> 2, 2 times (50.0% of all errors)" in lines[1]

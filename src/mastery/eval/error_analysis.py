@@ -330,7 +330,16 @@ def what_to_fix(pred: Predictions, rows: Sequence[SliceRow], cm: np.ndarray, cat
                      + (f"; the highest lift is '{best.name}' at {best.lift:.2f}x ({_pct(best.error_rate)} "
                         f"[{_pct(best.ci_low)}, {_pct(best.ci_high)}], n={best.n:,}), within noise." if best else "."))
     confusions = top_confusions(cm, pred.class_names, k=1)
-    if confusions:
+    if confusions and len(pred.class_names) == 2:
+        # Two classes have one confusion each way: what matters is whether the errors lean to one side.
+        c, total = confusions[0], int(cm.sum() - np.trace(cm))
+        low, high = wilson_interval(c["count"], total)
+        lean = "lean" if low > 0.5 else "do not lean significantly"
+        lines.append(f"Errors {lean} one way: {c['count']} of {total} ({_pct(c['share_of_all_errors'])} "
+                     f"[{_pct(low)}, {_pct(high)}]) are {c['true']} examples called {c['predicted']}"
+                     + (f": check on held-out data whether a decision threshold moved toward {c['true']} "
+                        "(or class weights) removes more errors than it adds." if low > 0.5 else "."))
+    elif confusions:
         c = confusions[0]
         lines.append(f"Most frequent confusion: {c['true']} -> {c['predicted']}, {c['count']} times "
                      f"({_pct(c['share_of_all_errors'])} of all errors): collect or augment examples that "

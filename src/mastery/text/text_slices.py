@@ -37,9 +37,10 @@ _NEGATION = re.compile(r"\b(?:not|no|never|nothing|nobody|none|neither|nor|nowhe
 _CONTRAST = re.compile(r"\b(?:but|however|although|though|nevertheless|nonetheless|whereas|despite|"
                        r"in spite of|on the other hand)\b")
 _SARCASM = re.compile(
-    r"\byeah,? right\b|\boh,? (?:great|joy|wonderful|brilliant|goody|sure)\b|\bas if\b|\bgee\b"
+    r"\byeah,? right\b|\boh,? (?:great|joy|wonderful|brilliant|goody|sure)\b|\bgee\b"
     r"|\bwhat a (?:surprise|shock|shocker)\b|\bthanks a lot\b|\bso bad (?:that )?it['’]?s (?:good|funny|hilarious)\b"
     r"|\?!|!\?|\bnot!"
+    # ("as if" is left out: in reviews it is mostly literal, "to live as if one's life is significant")
     r"|[\"“](?:masterpiece|classic|genius|brilliant|great|best|acting|actors?|plot|story|script|comedy|horror|"
     r"thriller|scary|funny|talent|entertainment|film|movie|special effects|twist)[\"”]")
 # A score in the text: "7/10", "3.5 / 5", "2 out of 10" (scales 10 and 5 only; "3/4 of the film" is not a score).
