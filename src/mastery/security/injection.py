@@ -174,9 +174,12 @@ def _fit_head(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> Any:
 
 
 def train_classifier(examples: Sequence[Any], harmful: Sequence[Any] = (), *, encoder: str | Encoder = "minilm",
-                     device: str = "cpu", c: float = 1.0, max_fpr: float = 0.01, seed: int = 0) -> InjectionClassifier:
+                     device: str = "cpu", c: float = 1.0, max_fpr: float = 0.01, harmful_max_fpr: float = 0.002,
+                     seed: int = 0) -> InjectionClassifier:
     """Fit both heads on ``train`` examples (label 1 attack, 0 benign) and ``harmful`` requests (label 1); each
-    threshold is chosen on the validation slice of train at ``max_fpr`` on its benign texts."""
+    threshold is chosen on the validation slice of train at a false-positive budget on its benign texts:
+    ``max_fpr`` for attacks, the stricter ``harmful_max_fpr`` for banned requests, which the LLM itself also
+    declines (a second line the injection head does not have) and whose words overlap benign security talk."""
     enc = make_encoder(encoder, device) if isinstance(encoder, str) else encoder
     train = [e for e in examples if e.split == "train"]
     if not any(e.label for e in train) or all(e.label for e in train):
@@ -195,7 +198,8 @@ def train_classifier(examples: Sequence[Any], harmful: Sequence[Any] = (), *, en
     heads["attack"] = _fit_head(x_all[~val], y_all[~val], c, seed)
     val_benign = x_all[val & (y_all == 0)]
     thresholds["attack"] = threshold_at_fpr(heads["attack"].predict_proba(val_benign)[:, 1], max_fpr)
-    info: dict[str, Any] = {"encoder": enc.name, "c": c, "max_fpr": max_fpr, "embed_s": round(embed_s, 3),
+    info: dict[str, Any] = {"encoder": enc.name, "c": c, "max_fpr": max_fpr, "harmful_max_fpr": harmful_max_fpr,
+                            "embed_s": round(embed_s, 3),
                             "train": int((~val).sum()), "validation": int(val.sum())}
     if harm:
         benign_mask = y_all == 0
@@ -203,7 +207,7 @@ def train_classifier(examples: Sequence[Any], harmful: Sequence[Any] = (), *, en
         x = np.vstack([x_all[benign_mask & ~val], x_harm[~hv]])
         y = np.concatenate([np.zeros(int((benign_mask & ~val).sum())), np.ones(int((~hv).sum()))])
         heads["harmful"] = _fit_head(x, y, c, seed)
-        thresholds["harmful"] = threshold_at_fpr(heads["harmful"].predict_proba(val_benign)[:, 1], max_fpr)
+        thresholds["harmful"] = threshold_at_fpr(heads["harmful"].predict_proba(val_benign)[:, 1], harmful_max_fpr)
         info["harmful_train"] = int((~hv).sum())
     log.info("event=injection_trained encoder=%s train=%d benign=%d thresholds=%s", enc.name, len(train),
              len(benign), thresholds)
