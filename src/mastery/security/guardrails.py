@@ -244,8 +244,15 @@ def build_guards(layer: GuardLayer | None = None, *, enabled: bool | None = None
     if not enabled:
         return Guards(enabled=False)
     layer = layer or default_layer(**options)
+    stream = None
+    if layer.pii is not None:
+        from mastery.security.pii import StreamRedactor
+
+        def stream() -> StreamRedactor:
+            return StreamRedactor(layer.pii)
+
     return Guards(input=layer.screen_question, output=layer.screen_answer, passage=layer.screen_passage,
-                  prompt=neutralise, completion=neutralise, enabled=True)
+                  prompt=neutralise, completion=neutralise, stream=stream, enabled=True)
 
 
 def guard_callables(layer: GuardLayer) -> dict[str, Callable[[str], str]]:

@@ -231,12 +231,37 @@ def create_app(settings: AssistantAPISettings) -> Any:
 
     def run_turn(question: Question, turn_id: str, emit: Callable[[Event | None], None]) -> None:
         record = TurnRecord()
+        # Streamed pieces pass the guards' stream screen (PII redaction) before they leave: it holds back the
+        # last few dozen characters until no finding can grow into them, and is flushed when the step ends.
+        screen, screen_step = settings.guards.new_stream(), None
+
+        def send(ev: Event) -> None:
+            record.add(ev)
+            emit(ev)
+
+        def flush_screen() -> None:
+            nonlocal screen, screen_step
+            if screen is not None and screen_step is not None:
+                rest = screen.flush()
+                if rest:
+                    send(Event("token", {"text": rest, "step": screen_step}))
+                screen, screen_step = settings.guards.new_stream(), None
+
         try:
             for ev in settings.brain.answer(question):
+                if ev.kind == "token" and screen is not None:
+                    step = ev.data.get("step")
+                    if step != screen_step:
+                        flush_screen()
+                        screen_step = step
+                    text = screen.feed(str(ev.data.get("text", "")))
+                    if text:
+                        send(Event("token", {**ev.data, "text": text}))
+                    continue
+                flush_screen()
                 if ev.kind == "answer":
                     ev = screen_answer(ev)
-                record.add(ev)
-                emit(ev)
+                send(ev)
         except Exception as exc:  # the brain's bug must not take the turn's record with it
             rid = question.extra.get("request_id", "")
             log.exception("the brain failed on turn %s (request %s)", turn_id, rid)

@@ -59,6 +59,9 @@ class Guards:
     # layer (mastery.security.guardrails) passes a light screen: the question, passages and answer have their own.
     prompt: Guard | None = None
     completion: Guard | None = None
+    # A new screen for one answer's streamed pieces (``feed(piece) -> text to send``, ``flush() -> the rest``):
+    # the guard layer passes a PII redactor, so a card number never reaches the client even as tokens.
+    stream: Callable[[], Any] | None = None
 
     @classmethod
     def from_settings(cls, input: Guard | None = None, output: Guard | None = None) -> Guards:
@@ -72,6 +75,10 @@ class Guards:
         if not self.enabled:
             return []
         return [name for name in ("input", "output", "passage") if getattr(self, name) is not None]
+
+    def new_stream(self) -> Any | None:
+        """A fresh screen for one answer's token stream, or None when no stream screen is active."""
+        return self.stream() if self.enabled and self.stream is not None else None
 
     def check_input(self, text: str) -> str:
         return self.input(text) if self.enabled and self.input is not None else text
