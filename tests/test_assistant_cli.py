@@ -12,6 +12,7 @@ import pytest
 
 from mastery.apps.assistant.supervisor import AssistantStack, assistant_plan, fake_responder
 from mastery.core.errors import ConfigError
+from mastery.llm.settings import QUALITY_MODEL
 from mastery.ops.stack import alive, listening, read_state
 from mastery.serving.agent_client import api_client
 from mastery.serving.auth import KeyStore
@@ -79,12 +80,20 @@ def test_the_plan_runs_the_llm_the_api_and_the_ui_when_there_is_one(tmp_path, mo
     ui = tmp_path / "ui.py"
     ui.write_text("import streamlit\n")
     monkeypatch.setattr(supervisor, "ui_script", lambda: ui)
+    monkeypatch.delenv("MASTERY_LLM_MODEL", raising=False)
+    monkeypatch.delenv("MASTERY_LLM_BACKEND", raising=False)
     plan = assistant_plan(AssistantStack(llm="embedded", api_port=9100, llm_port=9101, ui_port=9102,
                                          collection="docs", keys_file="k.json"), tmp_path)
     names = [s.name for s in plan.services]
     assert names == ["llm", "api", "ui"]
     llm, api, web = plan.services
-    assert llm.argv[-6:-2] == ("llm", "serve", "--port", "9101") and llm.health_url == "http://127.0.0.1:9101/health"
+    assert llm.argv[-8:-4] == ("llm", "serve", "--port", "9101") and llm.health_url == "http://127.0.0.1:9101/health"
+    # no --model and no MASTERY_LLM_MODEL: the 1.5B that L30 chose, for the LLM server and the API alike
+    assert llm.argv[-2:] == ("--model", QUALITY_MODEL)
+    assert api.argv[api.argv.index("--model") + 1] == QUALITY_MODEL
+    monkeypatch.setenv("MASTERY_LLM_MODEL", "my-model")
+    chosen = assistant_plan(AssistantStack(llm="embedded", api_port=9100, llm_port=9101, ui=False), tmp_path)
+    assert "--model" not in chosen.services[0].argv  # the server reads MASTERY_LLM_MODEL itself
     assert "--llm-url" in api.argv and api.argv[api.argv.index("--llm-url") + 1] == "http://127.0.0.1:9101/v1"
     assert api.argv[api.argv.index("--collection") + 1] == "docs" and api.health_path == "/health"
     assert web.argv[1:4] == ("-m", "streamlit", "run") and str(ui) in web.argv

@@ -98,9 +98,9 @@ def _llm(args: argparse.Namespace, stack: Any) -> tuple[str, str]:
         server = stack.enter_context(ServerThread(fake_llm_app()))
         return server.url + "/v1", FAKE_MODEL
     from mastery.llm.client import embedded_alias, server_healthy
-    from mastery.llm.settings import load_settings
+    from mastery.llm.settings import assistant_model, load_settings
 
-    settings = load_settings(model=args.model)
+    settings = load_settings(model=args.model or assistant_model())
     if server_healthy(settings.url):
         return settings.url, embedded_alias(settings)
     from mastery.llm.server import EmbeddedServer
@@ -215,7 +215,7 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
         p.add_argument("--llm-url", default=None, help="an OpenAI-compatible server already running (…/v1): "
                                                        "use it instead of --llm")
         p.add_argument("--model", default=None, help="the model to ask for (default: MASTERY_LLM_MODEL, else the "
-                                                     "server's)")
+                                                     "1.5B shelf model for the embedded server, else the server's)")
         p.add_argument("--collection", default=None, help="the knowledge-base collection answers come from and "
                                                           "uploads go to (default docs)")
         p.add_argument("--keys-file", default=None, help="API key file (default MASTERY_API_KEYS_FILE, else "

@@ -88,6 +88,9 @@ def assistant_plan(spec: AssistantStack, state_dir: Path) -> Any:
             argv = (*cli, "assistant", "fake-llm", "--host", spec.host, "--port", str(spec.llm_port))
             model = FAKE_MODEL
         else:
+            from mastery.llm.settings import assistant_model
+
+            model = model or assistant_model()
             argv = (*cli, "llm", "serve", "--port", str(spec.llm_port), "--log",
                     str((state_dir / "logs" / "llama.log").absolute()), *(("--model", model) if model else ()))
         out.append(Service("llm", argv, root, "/health"))
