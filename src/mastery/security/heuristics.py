@@ -73,6 +73,9 @@ INJECTION_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
                 r"(?:are|were))\b[^.\n]{0,40}?\b(?:system prompt|initial (?:prompt|instructions)|hidden "
                 r"(?:instructions|prompt|text)|(?:instructions|rules) you were given|your (?:instructions|"
                 r"configuration|rules)|(?:text|everything) above)\b", _I)),
+    ("exfil-request", "tells the model to call or visit a URL whose query carries data out",
+     re.compile(r"\b(?:search(?: the web| online)? for|visit|open|fetch|browse(?: to)?|go to|send|post|submit|"
+                r"request|load|call)\b[^.\n]{0,40}?https?://[^\s)\]]+[?&][^\s)\]=]*=", _I)),
     ("exfil-image", "renders a markdown image whose URL carries data out",
      re.compile(r"!\[[^\]]*\]\(\s*https?://[^)\s]+[?&][^)\s]*=[^)\s]*\s*\)", _I)),
 )
@@ -85,7 +88,12 @@ BANNED_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
                 r"thermite|untraceable (?:guns?|firearms?))\b", _I)),
     ("self-harm", "asks for ways to hurt oneself",
      re.compile(r"\b(?:ways?|how|methods?|best way)\s+to\s+(?:kill|hurt|harm|cut|poison)\s+(?:myself|yourself|"
-                r"oneself)\b|\bsuicide (?:methods?|instructions)\b|\bpainless(?:ly)? (?:way to )?die\b", _I)),
+                r"oneself)\b|\bhow (?:do|can|could|should) i (?:kill|hurt|harm|cut|poison) myself\b|"
+                r"\bsuicide (?:methods?|instructions)\b|\bpainless(?:ly)? (?:way to )?die\b|"
+                # "the best object to use for self-harm": a means or a superlative aimed at self-harm or suicide
+                r"\b(?:best|easiest|quickest|fastest|surest|painless|objects?|tools?|items?|pills?|drugs?|methods?|"
+                r"ways?)\b[^.\n]{0,30}?\b(?:for|to|of)\s+(?:self[- ]?harm(?:ing)?|(?:commit(?:ting)?\s+)?suicide)\b",
+                _I)),
     ("malware-authoring", "asks for working malware or an attack on a real target",
      re.compile(r"\b(?:write|create|build|develop|code|generate|make|give me)\b[^.\n]{0,40}?\b(?:ransomware|"
                 r"keyloggers?|malware|viruses|virus|worms?|trojans?|rootkits?|botnets?|info-?stealers?|"
