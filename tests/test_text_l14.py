@@ -174,7 +174,11 @@ def test_tiny_preset_on_an_avx2_only_cpu_trains_in_float32(tmp_path):
         assert run["passed"], choice
         assert run["device"].endswith(", float32"), run["device"]
         precision = [n for n in run["notes"] if n.startswith(f"Precision (`bf16={choice}`)")]
-        assert len(precision) == 1 and "ONEDNN_MAX_CPU_ISA=AVX2" in precision[0]
+        # the reason names whichever limit it met first: the oneDNN cap set here, a torch dispatch cap set
+        # around the test (a CI emulating AVX2), or a CPU that really lacks bf16
+        assert len(precision) == 1 and "autocast off" in precision[0], precision
+        assert any(why in precision[0] for why in ("ONEDNN_MAX_CPU_ISA=AVX2", "ATEN_CPU_CAPABILITY",
+                                                   "lacks AVX512-BF16/AMX")), precision[0]
     assert "LSTM" in next(n for n in runs["on"]["notes"] if n.startswith("Precision"))
     # One repetition metric per temperature, on character 4-grams; the word 3-gram and char4_ names are gone.
     metrics = runs["auto"]["metrics"]
