@@ -77,6 +77,10 @@ def test_phone_numbers(detector: PIIDetector) -> None:
 def test_email_and_ip(detector: PIIDetector) -> None:
     assert found(detector, "mail bob.smith@example.com now") == [("EMAIL_ADDRESS", "bob.smith@example.com")]
     assert found(detector, "see notes@v2 later") == []
+    # intranet and reserved mail domains are not public suffixes, but the address is still personal
+    assert found(detector, "write jane.doe@acme.example or ops@corp.internal") == [
+        ("EMAIL_ADDRESS", "jane.doe@acme.example"), ("EMAIL_ADDRESS", "ops@corp.internal")]
+    assert found(detector, "built from release@v2.tar") == []
     assert found(detector, "from 192.168.0.12 and 2001:db8::1.") == [("IP_ADDRESS", "192.168.0.12"),
                                                                       ("IP_ADDRESS", "2001:db8::1")]
     for not_ip in ("upgrade to version 2.0.1.3", "OID 1.3.6.1.4.1.311 is", "host 999.1.1.1 is", "v1.2.3.4"):

@@ -80,6 +80,9 @@ class RedactResult:
     spans: tuple[PIISpan, ...]
 
 
+_PRIVATE_MAIL_SUFFIXES = frozenset({"example", "test", "invalid", "localhost", "local", "internal", "corp", "lan",
+                                    "home", "intranet", "private"})
+
 def shannon_entropy(value: str) -> float:
     """Bits per character of ``value``'s own character distribution (random base62 is near 5, English near 3)."""
     if not value:
@@ -205,7 +208,10 @@ def _recognizers(entities: tuple[str, ...]) -> list[Any]:
             return super().analyze(text, entities, nlp_artifacts, regex_flags) if "@" in text else []
 
         def validate_result(self, pattern_text: str) -> bool:
-            return bool(offline_tlds(pattern_text.rsplit("@", 1)[-1]).suffix)
+            domain = pattern_text.rsplit("@", 1)[-1].lower()
+            # private mail domains (RFC 2606/6761 special-use names, and the common intranet suffixes) are not
+            # in the public-suffix list, but an address at corp.internal is as personal as one at gmail.com
+            return bool(offline_tlds(domain).suffix) or domain.rsplit(".", 1)[-1] in _PRIVATE_MAIL_SUFFIXES
 
     class VersionAwareIpRecognizer(IpRecognizer):
         """Presidio's IPv4/IPv6 patterns checked by ``ipaddress``, minus dotted numbers that are not addresses.
