@@ -176,6 +176,14 @@ class History:
     def epochs(self) -> int:
         return len(self.train_loss)
 
+    def end_epoch(self, seconds: float, loss_sum: float, correct: int, seen: int, lr: float) -> None:
+        """Close an epoch measured by its running means (what the optimiser saw over its batches)."""
+        self.epoch_seconds.append(seconds)
+        self.running_loss.append(loss_sum / seen)
+        self.train_loss.append(loss_sum / seen)
+        self.train_accuracy.append(correct / seen)
+        self.lr.append(lr)
+
     def epoch_metrics(self, i: int) -> dict[str, float]:
         """The four numbers of epoch i (0-based) under the keys progress.epoch expects."""
         out = {"train_loss": self.train_loss[i], "train_accuracy": self.train_accuracy[i]}

@@ -264,11 +264,8 @@ def adversarial_fit(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
             seen += len(yb)
             history.iteration_loss.append(value)
             progress.step(1, loss=value)
-        history.epoch_seconds.append(time.perf_counter() - start)
-        history.running_loss.append(loss_sum / seen)
-        history.train_loss.append(loss_sum / seen)
-        history.train_accuracy.append(correct / seen)
-        history.lr.append(float(optimizer.param_groups[0]["lr"]))
+        history.end_epoch(time.perf_counter() - start, loss_sum, correct, seen,
+                          float(optimizer.param_groups[0]["lr"]))
         progress.epoch(history.epochs, history.epoch_metrics(history.epochs - 1))
     model.eval()
     return history

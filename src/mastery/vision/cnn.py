@@ -168,11 +168,8 @@ def train_classifier(model: nn.Module, loader: DataLoader, setup: TrainSetup, de
             seen += int(y.shape[0])
             history.iteration_loss.append(value)
             progress.step(1, loss=value)
-        history.epoch_seconds.append(time.perf_counter() - start)
-        history.running_loss.append(loss_sum / seen)
-        history.train_loss.append(loss_sum / seen)
-        history.train_accuracy.append(correct / seen)
-        history.lr.append(float(optimizer.param_groups[0]["lr"]))
+        history.end_epoch(time.perf_counter() - start, loss_sum, correct, seen,
+                          float(optimizer.param_groups[0]["lr"]))
         if eval_loader is not None:
             logits_np, labels_np = evaluate_logits(model, eval_loader, device)
             ce = nn.functional.cross_entropy(torch.from_numpy(logits_np), torch.from_numpy(labels_np))
