@@ -124,16 +124,20 @@ class GuardLayer:
                 return f"asks for content this assistant does not provide (classifier score {v.harmful:.2f})"
         return None
 
-    def screen_question(self, text: str) -> str:
+    def _screen(self, where: str, refusal: Callable[[str], str | None], text: str, verb: str) -> str:
+        """Time one screen, log and raise its refusal, else pass the text on without invisible characters."""
         started = time.perf_counter()
         try:
-            reason = self.question_refusal(text)
+            reason = refusal(text)
         finally:
-            self._timed("input", started)
+            self._timed(where, started)
         if reason:
-            log.info("event=guard_refused where=input reason=%r", reason)
+            log.info("event=guard_%s where=%s reason=%r", verb, where, reason)
             raise GuardRefusal(reason)
         return INVISIBLE.sub("", text)
+
+    def screen_question(self, text: str) -> str:
+        return self._screen("input", self.question_refusal, text, "refused")
 
     # -- passages ---------------------------------------------------------------------------------
     def passage_refusal(self, text: str) -> str | None:
@@ -155,15 +159,7 @@ class GuardLayer:
         return reason
 
     def screen_passage(self, text: str) -> str:
-        started = time.perf_counter()
-        try:
-            reason = self.passage_refusal(text)
-        finally:
-            self._timed("passage", started)
-        if reason:
-            log.info("event=guard_dropped where=passage reason=%r", reason)
-            raise GuardRefusal(reason)
-        return INVISIBLE.sub("", text)
+        return self._screen("passage", self.passage_refusal, text, "dropped")
 
     # -- output -----------------------------------------------------------------------------------
     def leaks_system_prompt(self, text: str) -> bool:
