@@ -18,21 +18,14 @@ from annotated_types import Interval
 
 from mastery.core.progress import Progress
 from mastery.core.report import Report
+from mastery.eval.assistant_eval import TINY_DOCS, bm25_over
 from mastery.llm.settings import QUALITY_MODEL
 
 HEADLINE = ("answers_traced", "llm_spans", "traces_complete", "llm_latency_p50_s", "llm_latency_p95_s",
             "tokens_per_answer_p50")
 REQUIRES: tuple[str, ...] = ()  # registered assets the tiny preset reads
 
-# The tiny preset's knowledge base and questions (the scripted LLM answers from the best passage).
-TINY_DOCS = (
-    ("libtasn1.pdf", 1, "Libtasn1 is a library for Abstract Syntax Notation One (ASN.1) structures and DER "
-                        "encoding, distributed under the GNU Lesser General Public License."),
-    ("libtasn1.pdf", 2, "Comments in the ASN.1 syntax begin with two hyphens and end at the end of the line."),
-    ("shared-mime-info-spec.pdf", 3, "The magic file starts with the string MIME-Magic followed by a NUL byte and "
-                                     "a newline."),
-    ("debian-faq.en.pdf", 4, "The Debian Project was created by Ian Murdock in 1993."),
-)
+# The tiny preset's questions over L30's few sentences (the scripted LLM answers from the best passage).
 TINY_QUESTIONS = ("What is libtasn1?", "How do comments begin in ASN.1 syntax?", "How does the magic file start?",
                   "Who created the Debian Project?", "hello there", "What license covers libtasn1?")
 
@@ -107,11 +100,7 @@ def _retriever(config: Config, tmp: Path) -> tuple[Any, list[Any]]:
     """(retriever, questions): the tiny sentences with BM25, or the registered PDFs with the assistant's own
     retriever (hybrid, re-ranked when measured) and the evaluation set."""
     if config.llm == "scripted":
-        from mastery.retrieval.bm25 import BM25Retriever
-        from mastery.retrieval.types import Document
-
-        docs = [Document(f"{s}:{p}", text, {"source": s, "page": p}) for s, p, text in TINY_DOCS]
-        return BM25Retriever(docs), list(TINY_QUESTIONS)
+        return bm25_over(TINY_DOCS), list(TINY_QUESTIONS)
     from mastery.apps.assistant.graph import open_kb_retriever
     from mastery.apps.assistant.prompt_opt import pdf_knowledge_base, sample_questions
     from mastery.core.settings import get_settings
