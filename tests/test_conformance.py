@@ -6,6 +6,7 @@ import pytest
 
 from mastery.core.labs import load_lab, run_lab
 from mastery.core.lessons import LESSONS
+from mastery.core.progress import BarProgress
 from mastery.core.report import Report
 from tests.conftest import needs_mirror
 
@@ -22,7 +23,7 @@ def test_tiny_preset_conforms(lab_id, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything a lab writes relative to the cwd lands here
     lab = load_lab(lab_id)
     config = lab.config("tiny")
-    first = run_lab(lab, config, "tiny")
+    first = run_lab(lab, config, "tiny", BarProgress(lab_id))  # the progress display the CLI and demo use
     assert isinstance(first, Report) and first.lab == lab_id and first.preset == "tiny"
     failed = [f"{c.name}: expected {c.expectation}, got {c.value}" for c in first.checks if not c.passed]
     assert not failed, failed

@@ -20,7 +20,7 @@ class Progress:
     def stage(self, name: str, total: int | None = None) -> None:
         """A new phase starts; ``total`` steps are expected in it, if known."""
 
-    def step(self, n: int = 1, **info: float) -> None:
+    def step(self, n: int = 1, **info: float | str) -> None:
         """``n`` steps of the current stage are done."""
 
     def epoch(self, epoch: int, metrics: dict[str, float], prefix: str = "") -> None:
@@ -49,6 +49,11 @@ class NullProgress(Progress):
     """Ignores every event."""
 
 
+def _short(value: float | str) -> str:
+    """A postfix value: numbers to 4 significant digits, labels (e.g. the fault kind being tried) as they are."""
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
 class BarProgress(Progress):
     """A tqdm bar per stage on stderr, with the last metrics in its postfix."""
 
@@ -63,14 +68,14 @@ class BarProgress(Progress):
         self._bar = tqdm(total=total, desc=f"{self.lab} {name}", file=sys.stderr, leave=False,
                          dynamic_ncols=True, mininterval=0.5)
 
-    def step(self, n: int = 1, **info: float) -> None:
+    def step(self, n: int = 1, **info: float | str) -> None:
         if self._bar is not None:
             self._bar.update(n)
             if info:
-                self._bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=False)
+                self._bar.set_postfix({k: _short(v) for k, v in info.items()}, refresh=False)
 
     def epoch(self, epoch: int, metrics: dict[str, float], prefix: str = "") -> None:
-        text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        text = " ".join(f"{k}={_short(v)}" for k, v in metrics.items())
         self.message(f"{self.lab} {prefix}epoch {epoch}: {text}")
 
     def message(self, text: str) -> None:
@@ -95,7 +100,7 @@ class FanoutProgress(Progress):
         for t in self.targets:
             t.stage(name, total)
 
-    def step(self, n: int = 1, **info: float) -> None:
+    def step(self, n: int = 1, **info: float | str) -> None:
         for t in self.targets:
             t.step(n, **info)
 
