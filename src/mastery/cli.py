@@ -10,8 +10,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mastery.core.errors import MasteryError
+
+if TYPE_CHECKING:
+    from mastery.ops.registry import RegistryBase
 
 log = logging.getLogger("mastery")
 RESULTS_DIR = Path("docs/results")
@@ -200,17 +204,27 @@ def cmd_assets_list(args: argparse.Namespace) -> int:
         size = f"{asset.size / 2**20:8.1f} MiB" if asset.size else "           -"
         _out(f"{asset.name:<36} {asset_status(asset):<9} {size}  {asset.description}")
     if args.kind == "model":
-        _list_trained(getattr(args, "store", None))
+        _list_trained(getattr(args, "store", None), getattr(args, "registry_uri", None))
     return 0
 
 
 # -- trained models (mastery.ops.registry) ----------------------------------------------------------
-def _list_trained(store: str | None) -> None:
+def _open_trained(store: str | None = None, registry_uri: str | None = None) -> RegistryBase:
+    """``--registry-uri`` (MLflow) wins over ``--store`` (a folder); neither: the settings' choice."""
     from mastery.ops.registry import open_registry
 
-    reg = open_registry(store)
+    if registry_uri:
+        from mastery.core.settings import get_settings
+        from mastery.ops.registry_mlflow import MlflowModelRegistry
+
+        return MlflowModelRegistry(registry_uri, cache=Path(get_settings().model_store) / ".mlflow-cache")
+    return open_registry(store)
+
+
+def _list_trained(store: str | None, registry_uri: str | None = None) -> None:
+    reg = _open_trained(store, registry_uri)
     rows = reg.list()
-    _out(f"\nTrained models ({reg.root}):")
+    _out(f"\nTrained models ({reg.location}):")
     if not rows:
         _out("  none yet: the full presets of the training labs register theirs ('register=true')")
     for m in rows:
@@ -220,9 +234,7 @@ def _list_trained(store: str | None) -> None:
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
-    from mastery.ops.registry import open_registry
-
-    m = open_registry(args.store).manifest(args.name)
+    m = _open_trained(args.store, args.registry_uri).manifest(args.name)
     if args.json:
         _out(json.dumps(m, indent=2, sort_keys=True))
         return 0
@@ -332,6 +344,25 @@ def cmd_assets_verify(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+_REGISTRY_URI_HELP = ("MLflow model registry URI (sqlite:///path.db or http://127.0.0.1:5000; default: the settings' "
+                      "model_registry_uri)")
+
+
+def cmd_models_push(args: argparse.Namespace) -> int:
+    from mastery.core.errors import ConfigError
+    from mastery.core.settings import get_settings
+    from mastery.ops.registry import ModelRegistry
+
+    uri = args.registry_uri or get_settings().model_registry_uri
+    if not uri:
+        raise ConfigError("--registry-uri: give the MLflow registry to push to (or set MASTERY_MODEL_REGISTRY_URI)")
+    source = ModelRegistry(args.store or get_settings().model_store)
+    target = _open_trained(registry_uri=uri)
+    ref = target.copy_from(source, args.name)
+    _out(f"{source.resolve(args.name)} -> {ref} in {target.location}")
+    return 0
+
+
 def _add_asset_commands(sub: argparse._SubParsersAction, kind: str, help_text: str) -> None:
     parser = sub.add_parser(kind if kind == "data" else "models", help=help_text)
     parser.set_defaults(kind=kind)
@@ -341,12 +372,20 @@ def _add_asset_commands(sub: argparse._SubParsersAction, kind: str, help_text: s
     p.set_defaults(func=cmd_assets_list)
     if kind == "model":
         p.add_argument("--store", default=None, help="trained-model store (default: the settings' model_store)")
+        p.add_argument("--registry-uri", default=None, help=_REGISTRY_URI_HELP)
         p = inner.add_parser("show", help="print a trained model's manifest: files with sha256, data assets, "
                                           "code version, metrics, config")
         p.add_argument("name", help="NAME (latest version) or NAME@VERSION")
         p.add_argument("--store", default=None, help="trained-model store (default: the settings' model_store)")
         p.add_argument("--json", action="store_true", help="the manifest as JSON")
+        p.add_argument("--registry-uri", default=None, help=_REGISTRY_URI_HELP)
         p.set_defaults(func=cmd_models_show)
+        p = inner.add_parser("push", help="copy a trained model from the folder store into MLflow's model registry "
+                                          "(verified on the way out, recorded as copied)")
+        p.add_argument("name", help="NAME (latest version) or NAME@VERSION in the folder store")
+        p.add_argument("--store", default=None, help="folder store to copy from (default: the settings' model_store)")
+        p.add_argument("--registry-uri", default=None, help=_REGISTRY_URI_HELP)
+        p.set_defaults(func=cmd_models_push)
     p = inner.add_parser("info", help="show an asset's source, license, checksum and location")
     p.add_argument("name")
     p.set_defaults(func=cmd_assets_info)

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     cache: Path = Field(default=DEFAULT_CACHE,
                         description="downloads, embeddings and other caches (default ~/.cache/mastery)")
     model_store: Path | None = Field(default=None, description="trained-model registry folder (default <cache>/models)")
+    model_registry_uri: str | None = Field(
+        default=None, description="MLflow tracking/registry URI (sqlite:///path.db or http://127.0.0.1:5000): "
+        "trained models are saved to and loaded from MLflow's model registry instead of model_store")
     threads: int | None = Field(default=None, ge=1, description="CPU threads for torch, BLAS and FAISS (default: all)")
     # -- retrieval and agents ------------------------------------------------------------------
     kb_dir: Path | None = Field(default=None, description="knowledge-base folder (default <cache>/kb)")

@@ -15,7 +15,12 @@ saving the same name at once get two different versions, never a mixed folder, a
 
 Loading re-hashes every file and checks that each data asset still has the digest the catalog gives
 it today; any difference is a one-line :class:`~mastery.core.errors.ModelIntegrityError` naming the
-file or the asset, expected vs found. The store is a local folder (the settings' ``model_store``).
+file or the asset, expected vs found.
+
+Two backends share staging and verification: :class:`ModelRegistry`, a local folder (the settings'
+``model_store``, the default), and :class:`~mastery.ops.registry_mlflow.MlflowModelRegistry`, MLflow's
+model registry (``MASTERY_MODEL_REGISTRY_URI``), which keeps the same files and manifest as run
+artifacts and verifies its downloads the same way.
 """
 
 from __future__ import annotations
@@ -181,11 +186,153 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-class ModelRegistry:
+def stage_model(name: str, files_or_folder: Path | Mapping[str, Path] | Iterable[Path], *, kind: str,
+                into: Path, config: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
+                data_assets: Iterable[str] | Mapping[str, str] = (), description: str = "",
+                probe: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Check the files (names, kind, no pickle), copy them into the empty folder ``into`` and return their
+    manifest with ``version`` still None: the one staging step both registry backends share."""
+    _check_name(name)
+    if kind not in KINDS:
+        raise RegistryError(f"unknown model kind {kind!r}; choose from {', '.join(KINDS)}")
+    files = _collect(files_or_folder)
+    if not files:
+        raise RegistryError(f"{name}: no files to register")
+    for rel, path in files.items():
+        if not path.is_file():
+            raise RegistryError(f"{name}: {path} is not a file")
+        if rel == MANIFEST or rel.startswith("/") or ".." in Path(rel).parts:
+            raise RegistryError(f"{name}: file name {rel!r} is not allowed")
+        _refuse_pickle(path, rel)
+    suffix = _REQUIRED_SUFFIX[kind]
+    if not any(rel.endswith(suffix) for rel in files):
+        raise RegistryError(f"{name}: a {kind} model needs a {suffix} file; got {', '.join(sorted(files))}")
+    if kind == "hf" and "config.json" not in files:
+        raise RegistryError(f"{name}: a Hugging Face folder needs config.json at its top level")
+    assets = dict(data_assets) if isinstance(data_assets, Mapping) else data_asset_digests(data_assets)
+    records = {}
+    for rel, path in sorted(files.items()):
+        dst = into / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dst)
+        records[rel] = {"sha256": sha256_file(dst), "size": dst.stat().st_size}
+    return {
+        "schema": MANIFEST_SCHEMA, "name": name, "version": None, "kind": kind,
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "description": description, "sha256": files_digest(records), "files": records,
+        "config": _jsonable(dict(config or {})), "metrics": _jsonable(dict(metrics or {})),
+        "data_assets": assets, "code": code_version(), "libraries": _library_versions(),
+        "probe": _jsonable(dict(probe)) if probe else None, **_jsonable(dict(extra or {})),
+    }
+
+
+def parse_manifest(ref: ModelRef, text: str) -> dict[str, Any]:
+    """A manifest's JSON, checked to be this schema's; a one-line error naming ``ref`` otherwise."""
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise ModelIntegrityError(f"{ref}: {MANIFEST} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        raise ModelIntegrityError(f"{ref}: {MANIFEST} is not a schema-{MANIFEST_SCHEMA} model manifest")
+    return manifest
+
+
+def verify_folder(ref: ModelRef, folder: Path, manifest: Mapping[str, Any], *, check_data: bool = True) -> None:
+    """Every file in ``folder`` has its manifest sha256, none is missing or added, none is a pickle, and
+    (with ``check_data``) every data asset still has the recorded digest in the catalog."""
+    files = manifest.get("files", {})
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MANIFEST}
+    for rel in sorted(set(files) - on_disk):
+        raise ModelIntegrityError(f"{ref}: file {rel} listed in the manifest is missing")
+    for rel in sorted(on_disk - set(files)):
+        raise ModelIntegrityError(f"{ref}: file {rel} is not in the manifest (added after registration)")
+    for rel in sorted(files):
+        _refuse_pickle(folder / rel, rel)
+        found = sha256_file(folder / rel)
+        if found != files[rel]["sha256"]:
+            raise ModelIntegrityError(f"{ref}: file {rel} has sha256 {found[:16]}..., the manifest expects "
+                                      f"{files[rel]['sha256'][:16]}...: modified or corrupt; refusing to load")
+    if files_digest(files) != manifest.get("sha256"):
+        raise ModelIntegrityError(f"{ref}: the manifest's sha256 does not match its file list")
+    if check_data:
+        check_data_digests(ref, manifest.get("data_assets", {}))
+
+
+def check_data_digests(ref: ModelRef, recorded: Mapping[str, str]) -> None:
+    from mastery.assets.catalog import ASSETS
+
+    for asset, expected in sorted(recorded.items()):
+        if asset not in ASSETS:
+            raise ModelIntegrityError(f"{ref}: data asset {asset} it was trained on is no longer in the catalog")
+        now = ASSETS[asset].sha256
+        if now != expected:
+            raise ModelIntegrityError(f"{ref}: data asset {asset} was {expected[:16]}... at training time, the "
+                                      f"catalog now says {now[:16]}...: the model was trained on other data "
+                                      "(retrain it, or load with check_data=False)")
+
+
+class RegistryBase:
+    """What every registry backend offers; subclasses store versions (a folder, MLflow's model registry)."""
+
+    location: str = ""  # where the models are, for messages and listings
+
+    def save(self, name: str, files_or_folder: Path | Mapping[str, Path] | Iterable[Path], *, kind: str,
+             **fields: Any) -> ModelRef:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def versions(self, name: str) -> list[int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def names(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def manifest(self, name: str) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, name: str, *, check_data: bool = True) -> LoadedModel:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def exists(self, name: str) -> bool:
+        """True when ``name`` (any version) or ``name@version`` is registered."""
+        base, version = ModelRef.parse(name)
+        found = self.versions(base)
+        return bool(found) and (version is None or version in found)
+
+    def resolve(self, name: str) -> ModelRef:
+        base, version = ModelRef.parse(name)
+        found = self.versions(base)
+        if not found:
+            known = ", ".join(self.names()) or "none yet"
+            raise RegistryError(f"no trained model named {base!r} in {self.location} (registered: {known})")
+        if version is None:
+            return ModelRef(base, found[-1])
+        if version not in found:
+            raise RegistryError(f"{base}@{version} is not registered; versions: {', '.join(map(str, found))}")
+        return ModelRef(base, version)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every version of every model: its manifest (unverified), oldest version first."""
+        return [self.manifest(f"{name}@{v}") for name in self.names() for v in self.versions(name)]
+
+    def copy_from(self, other: RegistryBase, name: str) -> ModelRef:
+        """Register a verified model of ``other`` here as this registry's next version of its name; the
+        manifest keeps its config, metrics, data digests and records where it came from."""
+        loaded = other.load(name)
+        m = loaded.manifest
+        files = {rel: loaded.path / rel for rel in m["files"]}
+        return self.save(loaded.ref.name, files, kind=m["kind"], config=m.get("config"), metrics=m.get("metrics"),
+                         data_assets=m.get("data_assets", {}), description=m.get("description", ""),
+                         probe=m.get("probe"), extra={"copied_from": {"ref": str(loaded.ref), "location":
+                                                                      other.location, "created": m["created"],
+                                                                      "code": m.get("code")}})
+
+
+class ModelRegistry(RegistryBase):
     """A folder of registered models (see the module docstring for the layout)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
+        self.location = str(self.root)
 
     # -- writing -------------------------------------------------------------------------------
     def save(self, name: str, files_or_folder: Path | Mapping[str, Path] | Iterable[Path], *, kind: str,
@@ -199,41 +346,11 @@ class ModelRegistry:
         can be checked to behave the same (see :func:`mastery.ops.registry_loaders.torch_probe`).
         """
         _check_name(name)
-        if kind not in KINDS:
-            raise RegistryError(f"unknown model kind {kind!r}; choose from {', '.join(KINDS)}")
-        files = _collect(files_or_folder)
-        if not files:
-            raise RegistryError(f"{name}: no files to register")
-        for rel, path in files.items():
-            if not path.is_file():
-                raise RegistryError(f"{name}: {path} is not a file")
-            if rel == MANIFEST or rel.startswith("/") or ".." in Path(rel).parts:
-                raise RegistryError(f"{name}: file name {rel!r} is not allowed")
-            _refuse_pickle(path, rel)
-        suffix = _REQUIRED_SUFFIX[kind]
-        if not any(rel.endswith(suffix) for rel in files):
-            raise RegistryError(f"{name}: a {kind} model needs a {suffix} file; got {', '.join(sorted(files))}")
-        if kind == "hf" and "config.json" not in files:
-            raise RegistryError(f"{name}: a Hugging Face folder needs config.json at its top level")
-        assets = dict(data_assets) if isinstance(data_assets, Mapping) else data_asset_digests(data_assets)
-
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
         try:
-            records = {}
-            for rel, path in sorted(files.items()):
-                dst = tmp / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dst)
-                records[rel] = {"sha256": sha256_file(dst), "size": dst.stat().st_size}
-            manifest = {
-                "schema": MANIFEST_SCHEMA, "name": name, "version": None, "kind": kind,
-                "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "description": description, "sha256": files_digest(records), "files": records,
-                "config": _jsonable(dict(config or {})), "metrics": _jsonable(dict(metrics or {})),
-                "data_assets": assets, "code": code_version(), "libraries": _library_versions(),
-                "probe": _jsonable(dict(probe)) if probe else None, **_jsonable(dict(extra or {})),
-            }
+            manifest = stage_model(name, files_or_folder, kind=kind, into=tmp, config=config, metrics=metrics,
+                                   data_assets=data_assets, description=description, probe=probe, extra=extra)
             return self._publish(name, tmp, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -262,24 +379,6 @@ class ModelRegistry:
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file())
 
-    def exists(self, name: str) -> bool:
-        """True when ``name`` (any version) or ``name@version`` is registered."""
-        base, version = ModelRef.parse(name)
-        found = self.versions(base)
-        return bool(found) and (version is None or version in found)
-
-    def resolve(self, name: str) -> ModelRef:
-        base, version = ModelRef.parse(name)
-        found = self.versions(base)
-        if not found:
-            known = ", ".join(self.names()) or "none yet"
-            raise RegistryError(f"no trained model named {base!r} in {self.root} (registered: {known})")
-        if version is None:
-            return ModelRef(base, found[-1])
-        if version not in found:
-            raise RegistryError(f"{base}@{version} is not registered; versions: {', '.join(map(str, found))}")
-        return ModelRef(base, version)
-
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -291,58 +390,30 @@ class ModelRegistry:
         ref = self.resolve(name)
         path = self.root / ref.name / str(ref.version) / MANIFEST
         try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+            text = path.read_text()
+        except OSError as exc:
             raise ModelIntegrityError(f"{ref}: {MANIFEST} is unreadable: {exc}") from exc
-        if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-            raise ModelIntegrityError(f"{ref}: {MANIFEST} is not a schema-{MANIFEST_SCHEMA} model manifest")
-        return manifest
-
-    def list(self) -> list[dict[str, Any]]:
-        """Every version of every model: its manifest (unverified), oldest version first."""
-        return [self.manifest(f"{name}@{v}") for name in self.names() for v in self.versions(name)]
+        return parse_manifest(ref, text)
 
     def load(self, name: str, *, check_data: bool = True) -> LoadedModel:
-        """Verify and return ``name`` (latest) or ``name@version``.
-
-        Every file must have its manifest sha256, no file may be missing or added, and (with
-        ``check_data``) every data asset must still have the recorded digest in the catalog.
-        """
+        """Verify and return ``name`` (latest) or ``name@version`` (see :func:`verify_folder`)."""
         ref = self.resolve(name)
         folder = self.root / ref.name / str(ref.version)
         manifest = self.manifest(str(ref))
-        files = manifest.get("files", {})
-        on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MANIFEST}
-        for rel in sorted(set(files) - on_disk):
-            raise ModelIntegrityError(f"{ref}: file {rel} listed in the manifest is missing")
-        for rel in sorted(on_disk - set(files)):
-            raise ModelIntegrityError(f"{ref}: file {rel} is not in the manifest (added after registration)")
-        for rel in sorted(files):
-            _refuse_pickle(folder / rel, rel)
-            found = sha256_file(folder / rel)
-            if found != files[rel]["sha256"]:
-                raise ModelIntegrityError(f"{ref}: file {rel} has sha256 {found[:16]}..., the manifest expects "
-                                          f"{files[rel]['sha256'][:16]}...: modified or corrupt; refusing to load")
-        if files_digest(files) != manifest.get("sha256"):
-            raise ModelIntegrityError(f"{ref}: the manifest's sha256 does not match its file list")
-        if check_data:
-            self._check_data(ref, manifest.get("data_assets", {}))
+        verify_folder(ref, folder, manifest, check_data=check_data)
         return LoadedModel(ref=ref, path=folder, manifest=manifest)
 
-    @staticmethod
-    def _check_data(ref: ModelRef, recorded: Mapping[str, str]) -> None:
-        from mastery.assets.catalog import ASSETS
 
-        for asset, expected in sorted(recorded.items()):
-            if asset not in ASSETS:
-                raise ModelIntegrityError(f"{ref}: data asset {asset} it was trained on is no longer in the catalog")
-            now = ASSETS[asset].sha256
-            if now != expected:
-                raise ModelIntegrityError(f"{ref}: data asset {asset} was {expected[:16]}... at training time, the "
-                                          f"catalog now says {now[:16]}...: the model was trained on other data "
-                                          "(retrain it, or load with check_data=False)")
+def open_registry(root: str | Path | None = None) -> RegistryBase:
+    """The model registry at ``root`` (a folder), else the settings' choice: MLflow's model registry at
+    ``MASTERY_MODEL_REGISTRY_URI`` when that is set, otherwise the folder ``model_store``."""
+    if root is not None:
+        return ModelRegistry(root)
+    from mastery.core.settings import get_settings
 
+    settings = get_settings()
+    if settings.model_registry_uri:
+        from mastery.ops.registry_mlflow import MlflowModelRegistry
 
-def open_registry(root: str | Path | None = None) -> ModelRegistry:
-    """The model registry at ``root``, by default the settings' ``model_store``."""
-    return ModelRegistry(root if root is not None else default_root())
+        return MlflowModelRegistry(settings.model_registry_uri, cache=Path(settings.model_store) / ".mlflow-cache")
+    return ModelRegistry(default_root())

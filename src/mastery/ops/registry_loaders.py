@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mastery.core.errors import RegistryError
-from mastery.ops.registry import LoadedModel, ModelRef, ModelRegistry, open_registry
+from mastery.ops.registry import LoadedModel, ModelRef, RegistryBase, open_registry
 
 WEIGHTS = "model.safetensors"
 PROBE_VALUES = 64  # outputs kept per probe: enough to catch a wrong weight, small enough for a manifest
@@ -29,7 +29,7 @@ BUILDER_MODULES = ("mastery.nn.models", "mastery.vision.cnn", "mastery.vision.un
                    "mastery.text.charlm")
 
 
-def _registry(registry: ModelRegistry | None) -> ModelRegistry:
+def _registry(registry: RegistryBase | None) -> RegistryBase:
     return registry if registry is not None else open_registry()
 
 
@@ -91,7 +91,7 @@ def run_torch_probe(model: Any, probe: Mapping[str, Any]) -> tuple[list[float], 
 def save_torch_module(name: str, model: Any, *, arch: Mapping[str, Any], config: Mapping[str, Any] | None = None,
                       metrics: Mapping[str, float] | None = None, data_assets: Iterable[str] = (),
                       probe_input: Mapping[str, Any] | None = None, description: str = "",
-                      registry: ModelRegistry | None = None) -> ModelRef:
+                      registry: RegistryBase | None = None) -> ModelRef:
     """Register ``model``'s state dict as safetensors with the architecture that rebuilds it."""
     from safetensors.torch import save_file
 
@@ -105,7 +105,7 @@ def save_torch_module(name: str, model: Any, *, arch: Mapping[str, Any], config:
                                         probe=probe)
 
 
-def load_torch_state(name: str, *, registry: ModelRegistry | None = None) -> dict[str, Any]:
+def load_torch_state(name: str, *, registry: RegistryBase | None = None) -> dict[str, Any]:
     """The verified state dict of a registered torch model (tensors only: safetensors never unpickles)."""
     from safetensors.torch import load_file
 
@@ -123,7 +123,7 @@ def build_module(arch: Mapping[str, Any]) -> Any:
     return importlib.import_module(str(module)).build_from_manifest(dict(arch))
 
 
-def load_torch_module(name: str, *, registry: ModelRegistry | None = None,
+def load_torch_module(name: str, *, registry: RegistryBase | None = None,
                       device: str = "cpu") -> tuple[Any, LoadedModel]:
     """(module in eval mode with the registered weights, the verified registry entry)."""
     from safetensors.torch import load_file
@@ -142,7 +142,7 @@ def load_torch_module(name: str, *, registry: ModelRegistry | None = None,
 def save_skops(name: str, model: Any, *, config: Mapping[str, Any] | None = None,
                metrics: Mapping[str, float] | None = None, data_assets: Iterable[str] = (),
                extra_files: Mapping[str, Path] | None = None, probe: Mapping[str, Any] | None = None,
-               description: str = "", registry: ModelRegistry | None = None) -> ModelRef:
+               description: str = "", registry: RegistryBase | None = None) -> ModelRef:
     """Register a scikit-learn model saved with skops as ``model.skops`` (plus any side files)."""
     import skops.io as sio
 
@@ -154,7 +154,7 @@ def save_skops(name: str, model: Any, *, config: Mapping[str, Any] | None = None
                                         data_assets=data_assets, probe=probe, description=description)
 
 
-def load_skops(name: str, trusted_types: Sequence[str], *, registry: ModelRegistry | None = None) -> Any:
+def load_skops(name: str, trusted_types: Sequence[str], *, registry: RegistryBase | None = None) -> Any:
     """Load a registered skops model, refusing any type outside ``trusted_types`` (an allow-list in code)."""
     import skops.io as sio
 
@@ -170,14 +170,14 @@ def load_skops(name: str, trusted_types: Sequence[str], *, registry: ModelRegist
     return sio.load(path, trusted=list(trusted_types))
 
 
-def hf_folder(name: str, *, registry: ModelRegistry | None = None) -> Path:
+def hf_folder(name: str, *, registry: RegistryBase | None = None) -> Path:
     """The verified folder of a registered Hugging Face model, for ``from_pretrained`` / sentence-transformers."""
     loaded = _registry(registry).load(name)
     _expect_kind(loaded, "hf")
     return loaded.path
 
 
-def gguf_file(name: str, *, registry: ModelRegistry | None = None) -> Path:
+def gguf_file(name: str, *, registry: RegistryBase | None = None) -> Path:
     """The verified ``.gguf`` file of a registered model, for llama.cpp."""
     loaded = _registry(registry).load(name)
     _expect_kind(loaded, "gguf")
@@ -189,10 +189,10 @@ def _expect_kind(loaded: LoadedModel, kind: str) -> None:
         raise RegistryError(f"{loaded.ref} is a {loaded.kind} model, not {kind}")
 
 
-def note_registered(report: Any, ref: ModelRef, *, registry: ModelRegistry | None = None) -> None:
+def note_registered(report: Any, ref: ModelRef, *, registry: RegistryBase | None = None) -> None:
     """Add the registry entry to a lab's report: which ``name@version`` and where it lives."""
     reg = _registry(registry)
     manifest = reg.manifest(str(ref))
     report.note(f"Registered the trained model as `{ref}` (kind {manifest['kind']}, sha256 "
-                f"{manifest['sha256'][:12]}) in {reg.root}: `mastery models show {ref}` prints its manifest, and "
+                f"{manifest['sha256'][:12]}) in {reg.location}: `mastery models show {ref}` prints its manifest, and "
                 "services load it by that name.")

@@ -131,7 +131,7 @@ def registered_cross_encoder(name: str = ATTACK_CROSS_ENCODER, device: str = "au
 
     registry = open_registry()
     if not registry.exists(name):
-        log.info("no %r in the model registry at %s: searches run without it", name, registry.root)
+        log.info("no %r in the model registry at %s: searches run without it", name, registry.location)
         return None
     loaded = registry.load(name)
     helps, why = measured_gain(loaded.metrics)

@@ -38,7 +38,7 @@ from mastery.core.progress import NullProgress, Progress
 from mastery.nn.train import History
 
 if TYPE_CHECKING:
-    from mastery.ops.registry import LoadedModel, ModelRegistry
+    from mastery.ops.registry import LoadedModel, RegistryBase
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class PixelModel(nn.Module):
 
 
 def load_pixel_model(name: str, *, device: str = "cpu",
-                     registry: ModelRegistry | None = None) -> tuple[PixelModel, LoadedModel]:
+                     registry: RegistryBase | None = None) -> tuple[PixelModel, LoadedModel]:
     """A registered image classifier wrapped in its own normalisation (the manifest's ``mean``/``std``)."""
     from mastery.ops.registry_loaders import load_torch_module
 
