@@ -47,8 +47,7 @@ def _guarded_connect(self: socket.socket, address):  # type: ignore[no-untyped-d
 @pytest.fixture(autouse=True)
 def _restore_environ() -> object:
     """Each test sees the environment as the session started it: a library that sets variables for its own
-    process (CrewAI's opt-outs set OTEL_SDK_DISABLED, which silences every OpenTelemetry tracer) must not
-    change what later tests measure."""
+    process (CrewAI's opt-outs, say) must not change what later tests measure."""
     saved = dict(os.environ)
     yield
     os.environ.clear()

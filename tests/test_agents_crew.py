@@ -256,6 +256,11 @@ def test_crewai_stays_offline(monkeypatch):
     assert r.approved and attempts == []
     assert all(os.environ[k] == v for k, v in OFFLINE_ENV.items())
     assert os.path.isabs(os.environ["CREWAI_STORAGE_DIR"])
+    # ...and the opt-outs leave other OpenTelemetry users in the process alone (the assistant's traces)
+    from opentelemetry.sdk.trace import TracerProvider
+
+    with TracerProvider().get_tracer("after-a-crew").start_as_current_span("probe") as span:
+        assert span.is_recording()
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------

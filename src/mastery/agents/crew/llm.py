@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 # Every switch CrewAI 1.15 reads before it phones home (found in its source, see docs/research_crew.md):
 # telemetry (OpenTelemetry export to telemetry.crewai.com), run tracing (app.crewai.com), the PyPI version
 # check, and the app-data folder (appdirs: ~/.local/share/<CREWAI_STORAGE_DIR>; an absolute path wins).
+# Not OTEL_SDK_DISABLED, which CrewAI also honours: it turns off every OpenTelemetry tracer in the process,
+# so after a crew ran the Research Assistant in the same process (`mastery labs demo`: L23, then L30)
+# recorded no traces. CREWAI_DISABLE_TELEMETRY alone stops CrewAI's export.
 OFFLINE_ENV = {
-    "OTEL_SDK_DISABLED": "true",
     "CREWAI_DISABLE_TELEMETRY": "true",
     "CREWAI_DISABLE_TRACKING": "true",
     "CREWAI_TRACING_ENABLED": "false",
