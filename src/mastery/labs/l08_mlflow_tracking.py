@@ -38,8 +38,9 @@ class Config:
 
     def validate(self) -> None:
         from mastery.core.errors import ConfigError
-        from mastery.labs import l07_regularization as l07
+        from mastery.core.labs import load_lab
 
+        l07 = load_lab("l07").module  # through the lab registry, like every other user of a lab
         if self.l7_preset not in l07.PRESETS:
             raise ConfigError(f"l7_preset must be one of {', '.join(l07.PRESETS)}, got {self.l7_preset!r}")
 
@@ -63,10 +64,11 @@ def run(config: Config, progress: Progress) -> Report:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from mastery.labs import l07_regularization as l07
+    from mastery.core.labs import load_lab
     from mastery.ops.tracking import MlflowProgress, tracking_uri_for
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own progress is enough
+    l07 = load_lab("l07").module
     report = new_report("l08", config)
     l7_config = dataclasses.replace(l07.PRESETS[config.l7_preset], seed=config.seed)
     if config.epochs is not None:
