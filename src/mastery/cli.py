@@ -10,12 +10,8 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mastery.core.errors import MasteryError
-
-if TYPE_CHECKING:
-    from mastery.ops.registry import RegistryBase
 
 log = logging.getLogger("mastery")
 RESULTS_DIR = Path("docs/results")
@@ -209,20 +205,10 @@ def cmd_assets_list(args: argparse.Namespace) -> int:
 
 
 # -- trained models (mastery.ops.registry) ----------------------------------------------------------
-def _open_trained(store: str | None = None, registry_uri: str | None = None) -> RegistryBase:
-    """``--registry-uri`` (MLflow) wins over ``--store`` (a folder); neither: the settings' choice."""
+def _list_trained(store: str | None, registry_uri: str | None = None) -> None:
     from mastery.ops.registry import open_registry
 
-    if registry_uri:
-        from mastery.core.settings import get_settings
-        from mastery.ops.registry_mlflow import MlflowModelRegistry
-
-        return MlflowModelRegistry(registry_uri, cache=Path(get_settings().model_store) / ".mlflow-cache")
-    return open_registry(store)
-
-
-def _list_trained(store: str | None, registry_uri: str | None = None) -> None:
-    reg = _open_trained(store, registry_uri)
+    reg = open_registry(store, registry_uri)  # --registry-uri (MLflow) wins over --store (a folder)
     rows = reg.list()
     _out(f"\nTrained models ({reg.location}):")
     if not rows:
@@ -234,7 +220,9 @@ def _list_trained(store: str | None, registry_uri: str | None = None) -> None:
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
-    m = _open_trained(args.store, args.registry_uri).manifest(args.name)
+    from mastery.ops.registry import open_registry
+
+    m = open_registry(args.store, args.registry_uri).manifest(args.name)
     if args.json:
         _out(json.dumps(m, indent=2, sort_keys=True))
         return 0
@@ -351,13 +339,13 @@ _REGISTRY_URI_HELP = ("MLflow model registry URI (sqlite:///path.db or http://12
 def cmd_models_push(args: argparse.Namespace) -> int:
     from mastery.core.errors import ConfigError
     from mastery.core.settings import get_settings
-    from mastery.ops.registry import ModelRegistry
+    from mastery.ops.registry import ModelRegistry, default_root, open_registry
 
     uri = args.registry_uri or get_settings().model_registry_uri
     if not uri:
         raise ConfigError("--registry-uri: give the MLflow registry to push to (or set MASTERY_MODEL_REGISTRY_URI)")
-    source = ModelRegistry(args.store or get_settings().model_store)
-    target = _open_trained(registry_uri=uri)
+    source = ModelRegistry(args.store or default_root())
+    target = open_registry(uri=uri)
     ref = target.copy_from(source, args.name)
     _out(f"{source.resolve(args.name)} -> {ref} in {target.location}")
     return 0

@@ -404,16 +404,15 @@ class ModelRegistry(RegistryBase):
         return LoadedModel(ref=ref, path=folder, manifest=manifest)
 
 
-def open_registry(root: str | Path | None = None) -> RegistryBase:
-    """The model registry at ``root`` (a folder), else the settings' choice: MLflow's model registry at
-    ``MASTERY_MODEL_REGISTRY_URI`` when that is set, otherwise the folder ``model_store``."""
-    if root is not None:
-        return ModelRegistry(root)
+def open_registry(root: str | Path | None = None, uri: str | None = None) -> RegistryBase:
+    """MLflow's model registry at ``uri``, else the folder ``root``, else the settings' choice: MLflow at
+    ``MASTERY_MODEL_REGISTRY_URI`` when that is set, otherwise the folder ``model_store``. MLflow downloads
+    are verified in ``<model_store>/.mlflow-cache``."""
     from mastery.core.settings import get_settings
 
-    settings = get_settings()
-    if settings.model_registry_uri:
+    uri = uri or (None if root is not None else get_settings().model_registry_uri)
+    if uri:
         from mastery.ops.registry_mlflow import MlflowModelRegistry
 
-        return MlflowModelRegistry(settings.model_registry_uri, cache=Path(settings.model_store) / ".mlflow-cache")
-    return ModelRegistry(default_root())
+        return MlflowModelRegistry(uri, cache=default_root() / ".mlflow-cache")
+    return ModelRegistry(root if root is not None else default_root())

@@ -17,6 +17,7 @@ A cached copy that fails is downloaded again once; a fresh download that still f
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mastery.core.errors import ModelIntegrityError, RegistryError, require
+from mastery.core.errors import ModelIntegrityError, require
 from mastery.ops.registry import (
     MANIFEST,
     LoadedModel,
@@ -63,8 +64,6 @@ class MlflowModelRegistry(RegistryBase):
              data_assets: Iterable[str] | Mapping[str, str] = (), description: str = "",
              probe: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> ModelRef:
         """Log the files and manifest as a run's artifacts and register them as ``name``'s next version."""
-        import json
-
         from mastery.ops.tracking import ensure_experiment
 
         with tempfile.TemporaryDirectory(prefix=f"mastery-{name}-") as tmp:
@@ -128,7 +127,10 @@ class MlflowModelRegistry(RegistryBase):
 
     def manifest(self, name: str) -> dict[str, Any]:
         """The manifest of ``name`` (latest) or ``name@version`` as stored in MLflow, unverified."""
-        ref = self.resolve(name)
+        return self._manifest(self.resolve(name))
+
+    def _manifest(self, ref: ModelRef) -> dict[str, Any]:
+        """``ref``'s manifest: the cached copy when there is one, else downloaded alone."""
         cached = self.cache / ref.name / str(ref.version) / MANIFEST
         if cached.is_file():
             text = cached.read_text()
@@ -148,7 +150,7 @@ class MlflowModelRegistry(RegistryBase):
         fresh = not folder.is_dir()
         if fresh:
             self._download(ref, folder)
-        manifest = self.manifest(str(ref))
+        manifest = self._manifest(ref)
         try:
             verify_folder(ref, folder, manifest, check_data=False)
         except ModelIntegrityError as exc:
@@ -157,16 +159,15 @@ class MlflowModelRegistry(RegistryBase):
             log.warning("cached copy of %s failed verification (%s): downloading it again", ref, exc)
             shutil.rmtree(folder)
             self._download(ref, folder)
-            manifest = self.manifest(str(ref))
+            manifest = self._manifest(ref)
             verify_folder(ref, folder, manifest, check_data=False)
         if check_data:
             check_data_digests(ref, manifest.get("data_assets", {}))
         return LoadedModel(ref=ref, path=folder, manifest=manifest)
 
     def _download(self, ref: ModelRef, folder: Path) -> None:
+        """``ref``'s ``model/`` artifacts into ``folder``, written beside it and renamed into place."""
         version = self._model_version(ref)
-        if version.tags.get(TAG_SHA) is None:  # pragma: no cover - filtered out by _mastery_versions
-            raise RegistryError(f"{ref} in MLflow was not registered by mastery")
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{ref.version}-", dir=folder.parent))
         try:

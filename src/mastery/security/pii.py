@@ -83,6 +83,7 @@ class RedactResult:
 _PRIVATE_MAIL_SUFFIXES = frozenset({"example", "test", "invalid", "localhost", "local", "internal", "corp", "lan",
                                     "home", "intranet", "private"})
 
+
 def shannon_entropy(value: str) -> float:
     """Bits per character of ``value``'s own character distribution (random base62 is near 5, English near 3)."""
     if not value:
