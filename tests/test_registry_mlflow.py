@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("mlflow")
 
 from mastery.core.errors import ModelIntegrityError, RegistryError
+from mastery.ops import registry as registry_mod
 from mastery.ops.registry import ModelRef, ModelRegistry, open_registry
 from mastery.ops.registry_mlflow import MlflowModelRegistry
 
@@ -87,6 +88,16 @@ def test_tampered_artifacts_are_named_and_a_bad_cache_is_fetched_again(mlreg, ca
     assert mlreg.load("toy-mlp").path == cached.parent
     assert cached.read_bytes() != b"garbage"
     assert "failed verification" in caplog.text
+    # files and manifest edited together in the cache: the version tag in MLflow's database still catches it
+    manifest_path = cached.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    cached.write_bytes(b"other weights")
+    manifest["files"]["model.safetensors"]["sha256"] = registry_mod.sha256_file(cached)
+    manifest["sha256"] = registry_mod.files_digest(manifest["files"])
+    manifest_path.write_text(json.dumps(manifest))
+    caplog.clear()
+    assert mlreg.load("toy-mlp").path == cached.parent and cached.read_bytes() != b"other weights"
+    assert "is not the" in caplog.text and "MLflow recorded for this version" in caplog.text
     stored = _artifact_file(mlreg, ref, "model.safetensors")  # MLflow's copy itself is modified
     data = bytearray(stored.read_bytes())
     data[-1] ^= 0xFF

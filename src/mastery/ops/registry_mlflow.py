@@ -150,20 +150,30 @@ class MlflowModelRegistry(RegistryBase):
         fresh = not folder.is_dir()
         if fresh:
             self._download(ref, folder)
-        manifest = self._manifest(ref)
+        # The trust anchor is the whole-model sha256 in MLflow's database (a version tag): a cached manifest
+        # edited together with the files it lists still fails against it.
+        expected = self._model_version(ref).tags[TAG_SHA]
         try:
-            verify_folder(ref, folder, manifest, check_data=False)
+            manifest = self._verified(ref, folder, expected)
         except ModelIntegrityError as exc:
             if fresh:
                 raise ModelIntegrityError(f"{exc} (in MLflow {self.uri})") from exc
             log.warning("cached copy of %s failed verification (%s): downloading it again", ref, exc)
             shutil.rmtree(folder)
             self._download(ref, folder)
-            manifest = self._manifest(ref)
-            verify_folder(ref, folder, manifest, check_data=False)
+            manifest = self._verified(ref, folder, expected)
         if check_data:
             check_data_digests(ref, manifest.get("data_assets", {}))
         return LoadedModel(ref=ref, path=folder, manifest=manifest)
+
+    def _verified(self, ref: ModelRef, folder: Path, expected_sha256: str) -> dict[str, Any]:
+        """The folder's manifest once it and every file match what MLflow recorded at registration."""
+        manifest = self._manifest(ref)
+        if manifest.get("sha256") != expected_sha256:
+            raise ModelIntegrityError(f"{ref}: the manifest's sha256 {str(manifest.get('sha256'))[:16]}... is not the "
+                                      f"{expected_sha256[:16]}... MLflow recorded for this version")
+        verify_folder(ref, folder, manifest, check_data=False)
+        return manifest
 
     def _download(self, ref: ModelRef, folder: Path) -> None:
         """``ref``'s ``model/`` artifacts into ``folder``, written beside it and renamed into place."""
