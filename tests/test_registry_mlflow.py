@@ -170,3 +170,16 @@ def test_a_real_mlflow_server_on_localhost(tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_an_unusable_uri_or_an_absent_server_is_one_line(tmp_path, monkeypatch, capsys):
+    from mastery.cli import main
+    from mastery.serving.server import free_port
+
+    with pytest.raises(RegistryError, match=r"--registry-uri 'nonsense://x': MLflow cannot use it"):
+        MlflowModelRegistry("nonsense://x", cache=tmp_path / "cache")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of MLflow's backoff
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["models", "list", "--registry-uri", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mastery: error: MLflow model registry at {url}: ") and "\n" not in err

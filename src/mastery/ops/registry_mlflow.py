@@ -17,16 +17,17 @@ A cached copy that fails is downloaded again once; a fresh download that still f
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from mastery.core.errors import ModelIntegrityError, require
+from mastery.core.errors import ModelIntegrityError, RegistryError, require
 from mastery.ops.registry import (
     MANIFEST,
     LoadedModel,
@@ -44,6 +45,23 @@ EXPERIMENT = "mastery-models"
 ARTIFACT_PATH = "model"
 TAG_KIND = "mastery.kind"
 TAG_SHA = "mastery.sha256"
+T = TypeVar("T")
+
+
+def _mlflow_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """MLflow's own failures (a URI it cannot use, a server that does not answer) as one line naming the URI."""
+
+    @functools.wraps(method)
+    def wrapper(self: MlflowModelRegistry, *args: Any, **kwargs: Any) -> T:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return method(self, *args, **kwargs)
+        except MlflowException as exc:
+            first = str(exc.message if hasattr(exc, "message") else exc).strip().splitlines()[0][:300]
+            raise RegistryError(f"MLflow model registry at {self.uri}: {first}") from exc
+
+    return wrapper
 
 
 class MlflowModelRegistry(RegistryBase):
@@ -51,14 +69,20 @@ class MlflowModelRegistry(RegistryBase):
 
     def __init__(self, uri: str, *, cache: str | Path) -> None:
         require("mlflow", "ops")
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.location = f"MLflow {uri}"
         self.cache = Path(cache).expanduser()
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        try:
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        except MlflowException as exc:  # e.g. a scheme MLflow has no store for
+            raise RegistryError(f"MASTERY_MODEL_REGISTRY_URI / --registry-uri {uri!r}: MLflow cannot use it "
+                                "(give sqlite:///path.db or http://host:port)") from exc
 
     # -- writing -------------------------------------------------------------------------------
+    @_mlflow_errors
     def save(self, name: str, files_or_folder: Path | Mapping[str, Path] | Iterable[Path], *, kind: str,
              config: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
              data_assets: Iterable[str] | Mapping[str, str] = (), description: str = "",
@@ -115,9 +139,11 @@ class MlflowModelRegistry(RegistryBase):
             raise
         return {int(v.version): v for v in found if TAG_SHA in (v.tags or {})}
 
+    @_mlflow_errors
     def versions(self, name: str) -> list[int]:
         return sorted(self._mastery_versions(name))
 
+    @_mlflow_errors
     def names(self) -> list[str]:
         models = self.client.search_registered_models()
         return sorted(m.name for m in models if TAG_KIND in (m.tags or {}) and self.versions(m.name))
@@ -125,6 +151,7 @@ class MlflowModelRegistry(RegistryBase):
     def _model_version(self, ref: ModelRef) -> Any:
         return self._mastery_versions(ref.name)[ref.version]
 
+    @_mlflow_errors
     def manifest(self, name: str) -> dict[str, Any]:
         """The manifest of ``name`` (latest) or ``name@version`` as stored in MLflow, unverified."""
         return self._manifest(self.resolve(name))
@@ -143,6 +170,7 @@ class MlflowModelRegistry(RegistryBase):
         manifest["version"] = ref.version  # MLflow assigned it after the manifest was written
         return manifest
 
+    @_mlflow_errors
     def load(self, name: str, *, check_data: bool = True) -> LoadedModel:
         """Download ``name`` (latest) or ``name@version`` into the cache once, then verify it."""
         ref = self.resolve(name)
